@@ -1,0 +1,19 @@
+"""GPT-2 124M (d12) on FineWeb 10B, llm.c's scripts/run_gpt2_124M.sh settings.
+
+    python -m gpt2_jax.train --config configs/gpt2_124m.py
+Data: `python -m gpt2_jax.data.prepare` writes data/fineweb10B/fineweb_{train,val}_*.bin.
+"""
+
+from gpt2_jax.config import base_config
+
+
+def get_config():
+    c = base_config()  # already 124M: 12 layers, 12 heads, 768 channels, 524,288-token steps
+    c.train.max_steps = 19073  # 10B tokens
+    c.train.micro_batch_size = 64
+    c.optim.lr = 6e-4
+    c.optim.warmup_steps = 700
+    c.optim.final_lr_frac = 0.0
+    c.data.train_files = "data/fineweb10B/fineweb_train_*.bin"
+    c.data.val_files = "data/fineweb10B/fineweb_val_*.bin"
+    return c

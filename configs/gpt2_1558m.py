@@ -1,0 +1,24 @@
+"""GPT-2 1558M (d48) on FineWeb-Edu 100B, llm.c's scripts/run_gpt2_1558M.sh settings.
+
+32,000 steps of 1,048,576 tokens (~33.5B tokens); on 8 GPUs, 16 x 1024 sequences per GPU per
+micro-step. Shard parameters and optimizer state with --config.mesh.fsdp=8 (or -1) on big runs.
+"""
+
+from gpt2_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.n_layer = 48
+    c.model.n_head = 25
+    c.model.n_embd = 1600
+    c.model.remat = "dots_with_no_batch_dims_saveable"
+    c.train.max_steps = 32000
+    c.train.micro_batch_size = 16
+    c.train.total_batch_size = 1048576
+    c.optim.lr = 6e-4
+    c.optim.warmup_steps = 700
+    c.optim.final_lr_frac = 0.1
+    c.data.train_files = "data/edu_fineweb100B/edu_fineweb_train_*.bin"
+    c.data.val_files = "data/edu_fineweb100B/edu_fineweb_val_*.bin"
+    return c

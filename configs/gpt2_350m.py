@@ -1,0 +1,19 @@
+"""GPT-2 350M (d24) on FineWeb 100B, llm.c's scripts/run_gpt2_350M.sh settings (~31B tokens)."""
+
+from gpt2_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.n_layer = 24
+    c.model.n_head = 16
+    c.model.n_embd = 1024
+    c.train.max_steps = 60000
+    c.train.micro_batch_size = 64
+    c.train.total_batch_size = 524288
+    c.optim.lr = 3e-4
+    c.optim.warmup_steps = 700
+    c.optim.final_lr_frac = 0.0
+    c.data.train_files = "data/fineweb100B/fineweb_train_*.bin"
+    c.data.val_files = "data/fineweb100B/fineweb_val_*.bin"
+    return c

@@ -1,0 +1,20 @@
+"""GPT-2 774M (d36) on FineWeb 100B, llm.c's scripts/run_gpt2_774M.sh settings (~150B tokens)."""
+
+from gpt2_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.n_layer = 36
+    c.model.n_head = 20
+    c.model.n_embd = 1280
+    c.model.remat = "dots_with_no_batch_dims_saveable"
+    c.train.max_steps = 286102
+    c.train.micro_batch_size = 32
+    c.train.total_batch_size = 524288
+    c.optim.lr = 2.5e-4
+    c.optim.warmup_steps = 700
+    c.optim.final_lr_frac = 0.0
+    c.data.train_files = "data/fineweb100B/fineweb_train_*.bin"
+    c.data.val_files = "data/fineweb100B/fineweb_val_*.bin"
+    return c

@@ -1,0 +1,181 @@
+"""Run configuration: the full hyperparameter sheet, loading with overrides, and validation.
+
+Config files are ml_collections files with `get_config()`; they start from `base_config()` (GPT-2
+124M with llm.c's hyperparameters) and change what differs. Overrides are `--config.a.b=value`;
+an unknown key or a value of the wrong type is rejected with a ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from gpt2_jax.model import REMAT_CHOICES, GPTConfig
+from gpt2_jax.tokenizer import VOCAB_SIZE
+
+# The config that runs when no --config is given: a small GPT-2 on the shipped Shakespeare text.
+DEFAULT_CONFIG_PATH = str(Path(__file__).parent / "configs" / "shakespeare.py")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the offending key(s)."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """GPT-2 124M on FineWeb with llm.c's settings; every field commented."""
+    c = ml_collections.ConfigDict()
+
+    c.model = ml_collections.ConfigDict()
+    c.model.n_layer = 12
+    c.model.n_head = 12
+    c.model.n_embd = 768
+    c.model.vocab_size = 50304  # 50257 padded to a multiple of 64; the padding never wins
+    c.model.block_size = 1024  # longest sequence (learned position embeddings)
+    c.model.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | bfloat16 | float32
+    c.model.attention = "auto"  # auto (cudnn on GPU with bf16, else xla) | cudnn | xla
+    c.model.remat = "none"  # activation recomputation: none | full | a jax.checkpoint_policies name
+
+    c.train = ml_collections.ConfigDict()
+    c.train.max_steps = 19073  # optimizer steps (10B tokens / 524,288)
+    c.train.micro_batch_size = 64  # sequences per data-parallel device per micro-step (llm.c -b)
+    c.train.total_batch_size = 524288  # tokens per optimizer step (llm.c -d); accumulates to it
+    c.train.seq_len = 1024  # tokens per sequence (llm.c -t)
+    c.train.seed = 0  # parameter init and data order
+    c.train.log_every = 1  # steps between console/metrics rows
+    c.train.eval_every = 250  # steps between validation-loss evaluations (0 = never)
+    c.train.eval_steps = 20  # validation batches per evaluation (llm.c: 20 x 64 x 1024 tokens)
+    c.train.loss_chunk_size = 0  # tokens per fp32-logits chunk in the loss (0 = whole micro-batch)
+    c.train.sample_tokens = 64  # tokens sampled at the end of training (0 = no sample)
+    c.train.sample_prompt = "\n"  # prompt of that sample
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 6e-4  # peak learning rate
+    c.optim.warmup_steps = 700  # linear warmup steps
+    c.optim.final_lr_frac = 0.0  # cosine decays to final_lr_frac * lr at max_steps (llm.c -q)
+    c.optim.weight_decay = 0.1  # AdamW decay, on matmul and embedding weights only
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.grad_clip = 1.0  # global-norm clipping threshold (0 = off)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "shards"  # shards (the globs below) | shakespeare (shipped text) | synthetic
+    c.data.train_files = "data/fineweb10B/fineweb_train_*.bin"  # glob of llm.c .bin shards
+    c.data.val_files = "data/fineweb10B/fineweb_val_*.bin"
+    c.data.num_threads = 8  # grain reader threads
+    c.data.prefetch = 16  # batches read ahead of the train step
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # data-parallel devices (-1 = all the others)
+    c.mesh.fsdp = 1  # devices sharding parameters and optimizer state (ZeRO-3)
+    c.mesh.tensor = 1  # devices splitting heads / MLP / vocabulary (tensor parallelism)
+    return c
+
+
+def _parse(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """The config file with overrides applied by ml_collections' typed flag parser."""
+    argv = ["gpt2_jax", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", path, flag_values=flag_values, lock_config=True,
+                                    sys_argv=argv)
+    try:
+        flag_values(argv)
+    except flags.Error as e:
+        raise ConfigError(str(e)) from None
+    return flag_values.config
+
+
+def _check_override_key(config: ml_collections.ConfigDict, override: str) -> None:
+    if not override.startswith("--config.") or "=" not in override:
+        raise ConfigError(f"override {override!r} must look like --config.section.key=value")
+    path = override[len("--config."):].split("=", 1)[0].split(".")
+    node = config
+    for depth, key in enumerate(path):
+        if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+            known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {'.'.join(path[:depth] + close)}?" if close else ""
+            raise ConfigError(f"unknown config key {'.'.join(path)} (in {override}){hint}")
+        node = node[key]
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Load a config file (default: the Shakespeare one), apply `--config.a.b=value` overrides
+    (typed like the field they replace), and validate the result."""
+    path = path or DEFAULT_CONFIG_PATH
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    base = _parse(path, [])
+    for override in overrides:
+        _check_override_key(base, override)
+    config = _parse(path, overrides) if overrides else base
+    validate(config)
+    return config
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Reject configs that cannot run, naming the key(s), before any work starts."""
+    m, t, o = c.model, c.train, c.optim
+    _check(m.n_layer > 0 and m.n_head > 0 and m.n_embd > 0,
+           "model.n_layer, model.n_head and model.n_embd must be positive")
+    _check(m.n_embd % m.n_head == 0,
+           f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
+    _check(m.vocab_size >= VOCAB_SIZE,
+           f"model.vocab_size ({m.vocab_size}) must be at least GPT-2's {VOCAB_SIZE}")
+    _check(m.dtype in ("auto", "bfloat16", "float32"),
+           f"model.dtype must be auto, bfloat16 or float32, not {m.dtype!r}")
+    _check(m.attention in ("auto", "cudnn", "xla"),
+           f"model.attention must be auto, cudnn or xla, not {m.attention!r}")
+    _check(m.remat in REMAT_CHOICES, f"model.remat must be one of {REMAT_CHOICES}, not {m.remat!r}")
+    _check(0 < t.seq_len <= m.block_size,
+           f"train.seq_len ({t.seq_len}) must be in 1..model.block_size ({m.block_size})")
+    _check(t.max_steps > 0 and t.micro_batch_size > 0,
+           "train.max_steps and train.micro_batch_size must be positive")
+    micro_tokens = t.micro_batch_size * t.seq_len
+    _check(t.total_batch_size > 0 and t.total_batch_size % micro_tokens == 0,
+           f"train.total_batch_size ({t.total_batch_size}) must be a multiple of "
+           f"train.micro_batch_size * train.seq_len ({micro_tokens})")
+    _check(t.loss_chunk_size >= 0 and (t.loss_chunk_size == 0 or micro_tokens % t.loss_chunk_size == 0),
+           f"train.loss_chunk_size ({t.loss_chunk_size}) must divide the {micro_tokens} tokens "
+           "of a micro-batch (train.micro_batch_size * train.seq_len), or be 0")
+    _check(t.log_every > 0 and t.eval_every >= 0 and t.eval_steps > 0,
+           "train.log_every and train.eval_steps must be positive, train.eval_every >= 0")
+    _check(o.lr > 0, f"optim.lr ({o.lr}) must be positive")
+    _check(0 <= o.warmup_steps, f"optim.warmup_steps ({o.warmup_steps}) must be >= 0")
+    _check(0.0 <= o.final_lr_frac <= 1.0, f"optim.final_lr_frac ({o.final_lr_frac}) must be in [0, 1]")
+    _check(o.weight_decay >= 0 and o.grad_clip >= 0,
+           "optim.weight_decay and optim.grad_clip must be >= 0")
+    _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1 and o.eps > 0,
+           "optim.b1 and optim.b2 must be in [0, 1), optim.eps positive")
+    _check(c.data.source in ("shards", "shakespeare", "synthetic"),
+           f"data.source must be shards, shakespeare or synthetic, not {c.data.source!r}")
+    if c.data.source == "shards":
+        _check(bool(c.data.train_files) and bool(c.data.val_files),
+               "data.train_files and data.val_files must be glob patterns when data.source=shards")
+    for axis in ("data", "fsdp", "tensor"):
+        size = c.mesh[axis]
+        _check(size == -1 or size > 0, f"mesh.{axis} ({size}) must be positive or -1")
+
+
+def model_config(c: ml_collections.ConfigDict, backend: str | None = None) -> GPTConfig:
+    """The model's static config, with "auto" choices resolved for the backend in use."""
+    backend = backend or jax.default_backend()
+    m = c.model
+    dtype = m.dtype if m.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
+    attention = m.attention
+    if attention == "auto":
+        attention = "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
+    return GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
+                     vocab_size=m.vocab_size, block_size=m.block_size, dtype=dtype,
+                     attention=attention, remat=m.remat)

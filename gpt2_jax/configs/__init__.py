@@ -1,0 +1,1 @@
+"""Config files shipped inside the package (the default run)."""

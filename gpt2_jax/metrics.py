@@ -1,0 +1,49 @@
+"""Throughput accounting (tokens/s, MFU) and the run's outputs: console lines and metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+
+# Dense bf16 tensor-core peaks, FLOP/s per device. llm.c uses 988.8 TFLOP/s for the H100 SXM
+# (and the H200 has the same chip), so our MFU compares directly with its figures.
+PEAK_BF16_FLOPS = {"H200": 988.8e12, "H100": 988.8e12, "A100": 312e12, "L40S": 362e12}
+
+
+def peak_flops(device: jax.Device) -> float | None:
+    """bf16 peak of one device, or None where unknown (CPUs): MFU is then not reported."""
+    kind = getattr(device, "device_kind", "")
+    return next((peak for name, peak in PEAK_BF16_FLOPS.items() if name in kind), None)
+
+
+def mfu(flops_per_second: float, n_devices: int, device: jax.Device) -> float | None:
+    peak = peak_flops(device)
+    return None if peak is None else flops_per_second / (peak * n_devices)
+
+
+class MetricsLog:
+    """Appends rows to <workdir>/metrics.jsonl; only the main process writes."""
+
+    def __init__(self, workdir: str | Path, enabled: bool = True):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.enabled = enabled
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in row.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+
+def step_line(step: int, max_steps: int, loss: float, grad_norm: float, lr: float,
+              step_ms: float, tokens_per_sec: float, mfu_value: float | None) -> str:
+    """One console line per step, llm.c style: what an operator reads at a glance."""
+    width = len(str(max_steps))
+    mfu_text = "n/a" if mfu_value is None else f"{100 * mfu_value:.1f}%"
+    return (f"step {step:{width}d}/{max_steps} | loss {loss:.4f} | norm {grad_norm:.4f} | "
+            f"lr {lr:.2e} | {step_ms:.1f} ms | {tokens_per_sec:,.0f} tok/s | MFU {mfu_text}")

@@ -1,0 +1,226 @@
+"""GPT-2 in flax.linen, read top to bottom like nanoGPT's model.py.
+
+`GPT(config).init(rng, tokens)` gives a params pytree and `GPT(config).apply(params, tokens)` is a
+pure function of it. Every parameter and the residual stream carry *logical* axis names ("embed",
+"mlp", "heads", "vocab", "batch", ...); `sharding.py` maps them onto the device mesh, so the model
+says nothing about parallelism. Shapes are in the names: B batch, T time, D channels, H heads,
+K head size, F MLP width, V vocabulary, N tokens, C tokens in a loss chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gpt2_jax.tokenizer import VOCAB_SIZE as GPT2_VOCAB_SIZE
+
+# Names of `model.remat`: "none" stores every activation, "full" recomputes the whole block in the
+# backward pass, anything else is a policy of `jax.checkpoint_policies` (what may be saved).
+REMAT_CHOICES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                 "checkpoint_dots", "checkpoint_dots_with_no_batch_dims", "nothing_saveable")
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64 for fast matmuls
+    block_size: int = 1024
+    dtype: str = "float32"  # compute dtype; parameters are always float32
+    attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
+    remat: str = "none"  # one of REMAT_CHOICES
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def _normal(std: float, axes: tuple):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+def _const(init, axes: tuple):
+    return nn.with_logical_partitioning(init, axes)
+
+
+def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=1e-5, dtype=cfg.dtype, param_dtype=jnp.float32, name=name,
+        scale_init=_const(nn.initializers.ones, ("embed",)),
+        bias_init=_const(nn.initializers.zeros, ("embed",)),
+    )
+
+
+def _residual_std(cfg: GPTConfig) -> float:
+    # GPT-2's init: projections that write into the residual stream are scaled by 1/sqrt(2L),
+    # since every layer adds two of them (attention and MLP).
+    return 0.02 / math.sqrt(2 * cfg.n_layer)
+
+
+class Projection(nn.Module):
+    """x @ kernel + bias, contracting x's last `n_in` axes.
+
+    The kernel is created at its full rank, e.g. (D, 3, H, K), so its logical axis names (and so
+    its sharding) can split heads; the output is in the compute dtype.
+    """
+
+    out_shape: tuple[int, ...]
+    kernel_axes: tuple
+    std: float
+    dtype: str
+    n_in: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[-self.n_in:]
+        kernel = self.param("kernel", _normal(self.std, self.kernel_axes),
+                            in_shape + self.out_shape, jnp.float32)
+        bias = self.param("bias", _const(nn.initializers.zeros, self.kernel_axes[self.n_in:]),
+                          self.out_shape, jnp.float32)
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.n_in)
+        return y + bias.astype(self.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        cfg = self.config
+        # q, k and v in one matmul; the kernel keeps heads as an axis so tensor parallelism can
+        # split heads without resharding (llm.c's c_attn is this kernel reshaped to (D, 3D)).
+        qkv_BxTx3xHxK = Projection((3, cfg.n_head, cfg.head_dim), ("embed", None, "heads", "kv"),
+                                   0.02, cfg.dtype, name="c_attn")(x_BxTxD)
+        qkv_BxTx3xHxK = nn.with_logical_constraint(
+            qkv_BxTx3xHxK, ("batch", "length", None, "heads", "kv"))
+        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
+        y_BxTxHxK = jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation=cfg.attention)
+        return Projection((cfg.n_embd,), ("heads", "kv", "embed"), _residual_std(cfg), cfg.dtype,
+                          n_in=2, name="c_proj")(y_BxTxHxK)
+
+
+class MLP(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        cfg = self.config
+        h_BxTxF = Projection((4 * cfg.n_embd,), ("embed", "mlp"), 0.02, cfg.dtype,
+                             name="c_fc")(x_BxTxD)
+        h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "length", "mlp"))
+        h_BxTxF = nn.gelu(h_BxTxF, approximate=True)  # GPT-2's tanh approximation
+        return Projection((cfg.n_embd,), ("mlp", "embed"), _residual_std(cfg), cfg.dtype,
+                          name="c_proj")(h_BxTxF)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block; the (carry, None) signature is what nn.scan wants."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, _) -> tuple[jax.Array, None]:
+        x_BxTxD = x_BxTxD + CausalSelfAttention(self.config, name="attn")(
+            _layer_norm(self.config, "ln_1")(x_BxTxD))
+        x_BxTxD = x_BxTxD + MLP(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x_BxTxD))
+        return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed")), None
+
+
+def _remat(block: type[nn.Module], policy_name: str) -> type[nn.Module]:
+    if policy_name == "none":
+        return block
+    policy = None if policy_name == "full" else getattr(jax.checkpoint_policies, policy_name)
+    # prevent_cse=False is safe (and faster) under scan, which already stops CSE across layers.
+    return nn.remat(block, policy=policy, prevent_cse=False)
+
+
+def lm_head_logits(h_NxD: jax.Array, wte_VxD: jax.Array) -> jax.Array:
+    """Tied LM head: logits in float32 (fp32 accumulation of compute-dtype operands).
+
+    The padded vocabulary entries are -inf, so they never win a sample and carry no probability.
+    """
+    logits_NxV = jnp.dot(h_NxD, wte_VxD.astype(h_NxD.dtype).T, preferred_element_type=jnp.float32)
+    vocab_ids_V = jnp.arange(wte_VxD.shape[0])
+    return jnp.where(vocab_ids_V < GPT2_VOCAB_SIZE, logits_NxV, -jnp.inf)
+
+
+def cross_entropy(h_NxD: jax.Array, wte_VxD: jax.Array, targets_N: jax.Array,
+                  chunk_size: int = 0) -> jax.Array:
+    """Mean next-token cross-entropy in float32 over the real vocabulary.
+
+    With `chunk_size` > 0 the logits exist only `chunk_size` tokens at a time, in the forward and
+    (through rematerialization) the backward pass: 64x1024 tokens of float32 logits would be 13 GB.
+    """
+
+    def summed_loss(h_CxD, targets_C):
+        logits_CxV = lm_head_logits(h_CxD, wte_VxD)
+        target_logits_C = jnp.take_along_axis(logits_CxV, targets_C[:, None], axis=-1)[:, 0]
+        return jnp.sum(jax.nn.logsumexp(logits_CxV, axis=-1) - target_logits_C)
+
+    n_tokens = h_NxD.shape[0]
+    if chunk_size <= 0 or chunk_size >= n_tokens:
+        return summed_loss(h_NxD, targets_N) / n_tokens
+    if n_tokens % chunk_size:
+        raise ValueError(f"loss chunk size {chunk_size} must divide the {n_tokens} tokens of a "
+                         "micro-batch (train.loss_chunk_size)")
+    h_MxCxD = h_NxD.reshape(n_tokens // chunk_size, chunk_size, -1)
+    targets_MxC = targets_N.reshape(n_tokens // chunk_size, chunk_size)
+    chunk_sums_M = jax.lax.map(lambda args: jax.checkpoint(summed_loss)(*args),
+                               (h_MxCxD, targets_MxC))
+    return jnp.sum(chunk_sums_M) / n_tokens
+
+
+class GPT(nn.Module):
+    config: GPTConfig
+
+    def setup(self):
+        cfg = self.config
+        self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd, dtype=cfg.dtype, param_dtype=jnp.float32,
+                            embedding_init=_normal(0.02, ("vocab", "embed")))
+        self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, dtype=cfg.dtype, param_dtype=jnp.float32,
+                            embedding_init=_normal(0.02, (None, "embed")))
+        # One compiled block scanned over a stacked "layers" axis: compile time does not grow
+        # with depth (48 layers compile like 1).
+        self.h = nn.scan(
+            _remat(Block, cfg.remat),
+            variable_axes={"params": 0}, split_rngs={"params": True}, length=cfg.n_layer,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg)
+        self.ln_f = _layer_norm(cfg, "ln_f")
+
+    def hidden_states(self, tokens_BxT: jax.Array) -> jax.Array:
+        """Final-LayerNorm output, (B, T, D) in the compute dtype."""
+        _, T = tokens_BxT.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds model.block_size "
+                             f"{self.config.block_size}")
+        x_BxTxD = self.wte(tokens_BxT) + self.wpe(jnp.arange(T))
+        x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
+        x_BxTxD, _ = self.h(x_BxTxD, None)
+        return self.ln_f(x_BxTxD)
+
+    def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
+        """Next-token logits, (B, T, V) float32, padded vocabulary at -inf."""
+        h_BxTxD = self.hidden_states(tokens_BxT)
+        return lm_head_logits(h_BxTxD, self.wte.embedding)
+
+    def loss(self, tokens_BxT: jax.Array, targets_BxT: jax.Array,
+             chunk_size: int = 0) -> jax.Array:
+        """Mean cross-entropy of predicting `targets_BxT`; see `cross_entropy`."""
+        h_BxTxD = self.hidden_states(tokens_BxT)
+        return cross_entropy(h_BxTxD.reshape(-1, self.config.n_embd), self.wte.embedding,
+                             targets_BxT.reshape(-1), chunk_size)
+
+
+def flops_per_token(cfg: GPTConfig, n_params: int, seq_len: int) -> float:
+    """Training FLOPs per token by llm.c's (PaLM's) formula: 6N + 6*L*D*T.
+
+    This is what llm.c reports MFU against, so our MFU compares with its figures directly.
+    """
+    return 6 * n_params + 6 * cfg.n_layer * cfg.n_embd * seq_len

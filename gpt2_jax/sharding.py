@@ -1,0 +1,90 @@
+"""Parallelism in one place: the device mesh and the logical-axis rules table.
+
+The model names the axes of every parameter and activation ("embed", "mlp", ...); the table below
+maps those names onto mesh axes. Changing the parallelism is editing this table, not the model.
+
+Mesh axes: `data` (replicated params, split batch), `fsdp` (split batch *and* params/optimizer
+state, ZeRO-3), `tensor` (split heads, MLP width and vocabulary). We build meshes with Auto axis
+types: XLA propagates shardings from the parameters, the batch and the constraints the model places
+on its activations, so no op needs an explicit out_sharding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or axes). Rules are tried in order; a mesh axis already used by an
+# earlier dimension of the same array is skipped (so an activation's "embed" stays unsharded once
+# its "batch" has taken fsdp).
+LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", "fsdp"),
+    ("kv", None),
+    ("length", None),
+    ("layers", None),
+)
+
+
+def mesh_shape(mesh_config, n_devices: int) -> tuple[int, int, int]:
+    """Resolve -1 ("all remaining devices") and check the mesh covers exactly `n_devices`."""
+    sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
+    fixed = math.prod(s for s in sizes if s != -1)
+    if sizes.count(-1) > 1:
+        raise ValueError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    if -1 in sizes:
+        if n_devices % fixed:
+            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {n_devices} devices: "
+                             f"{n_devices} is not a multiple of {fixed}")
+        sizes[sizes.index(-1)] = n_devices // fixed
+    if math.prod(sizes) != n_devices:
+        raise ValueError(f"mesh.data x mesh.fsdp x mesh.tensor = {' x '.join(map(str, sizes))} = "
+                         f"{math.prod(sizes)}, but there are {n_devices} devices")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_config, devices=None) -> Mesh:
+    """The (data, fsdp, tensor) mesh over all devices of all processes (or `devices`)."""
+    devices = jax.devices() if devices is None else list(devices)
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(mesh_shape(mesh_config, len(devices)), MESH_AXES,
+                         axis_types=axis_types, devices=devices)
+
+
+def batch_parallelism(mesh: Mesh) -> int:
+    """How many ways the batch is split (the data-parallel degree)."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def logical_sharding(logical_specs, mesh: Mesh):
+    """A pytree of logical PartitionSpecs -> NamedShardings through the rules table."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of an (accum, batch, seq_len + 1) token batch: rows over the batch axes."""
+    return NamedSharding(mesh, P(None, ("data", "fsdp"), None))
+
+
+def eval_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a (batch, seq_len + 1) token batch."""
+    return NamedSharding(mesh, P(("data", "fsdp"), None))
+
+
+def axis_rules():
+    """Context in which the model's logical activation constraints take effect (inside jit)."""
+    return nn.logical_axis_rules(LOGICAL_AXIS_RULES)
+
+
+def to_global_array(local_batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """This process's rows of a batch -> one global array (works for one or many processes)."""
+    return jax.make_array_from_process_local_data(sharding, local_batch)

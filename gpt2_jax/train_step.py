@@ -1,0 +1,102 @@
+"""The train state, its sharded creation, and the jitted train and eval steps."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gpt2_jax import sharding
+from gpt2_jax.model import GPT
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # optimizer steps taken
+    params: Any  # float32 parameter pytree
+    opt_state: Any  # AdamW moments (float32), sharded like the params
+
+
+def param_shardings(model: GPT, mesh: Mesh):
+    """NamedShardings of the params, from the model's logical axis names (no allocation)."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), tokens)
+    return sharding.logical_sharding(nn.get_partition_spec(abstract), mesh)["params"]
+
+
+def init_params(model: GPT, rng: jax.Array) -> Any:
+    """The params pytree (logical-axis boxes removed)."""
+    return nn.unbox(model.init(rng, jnp.zeros((1, 1), jnp.int32)))["params"]
+
+
+def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+    """Shardings of every leaf of the train state: moments follow their params."""
+    params = param_shardings(model, mesh)
+    replicated = NamedSharding(mesh, P())
+    abstract_params = jax.eval_shape(lambda rng: init_params(model, rng), jax.random.key(0))
+    opt_state = optax.tree_map_params(
+        tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), params,
+        transform_non_params=lambda _: replicated)
+    return TrainState(step=replicated, params=params, opt_state=opt_state)
+
+
+def create_train_state(model: GPT, tx: optax.GradientTransformation, mesh: Mesh,
+                       seed: int) -> tuple[TrainState, TrainState]:
+    """A fresh state created directly on its shards (no full copy on any device or host)."""
+    shardings = state_shardings(model, tx, mesh)
+
+    def init(rng):
+        params = init_params(model, rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+    return state, shardings
+
+
+def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    loss_chunk_size: int) -> Callable:
+    """(state, tokens[accum, batch, T+1]) -> (state, metrics); accumulates inside one jit."""
+
+    def loss_fn(params, tokens_BxT1):
+        return model.apply({"params": params}, tokens_BxT1[:, :-1], tokens_BxT1[:, 1:],
+                           loss_chunk_size, method=GPT.loss)
+
+    def train_step(state: TrainState, tokens_AxBxT1: jax.Array):
+        with sharding.axis_rules():
+            def micro_step(grad_sum, tokens_BxT1):
+                loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens_BxT1)
+                return jax.tree.map(jnp.add, grad_sum, grads), loss
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            grad_sum, losses_A = jax.lax.scan(micro_step, zeros, tokens_AxBxT1)
+        grads = jax.tree.map(lambda g: g / tokens_AxBxT1.shape[0], grad_sum)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                               opt_state=opt_state)
+        metrics = {"loss": jnp.mean(losses_A), "grad_norm": optax.global_norm(grads),
+                   "lr": schedule(state.step)}
+        return new_state, metrics
+
+    return train_step
+
+
+def jit_train_step(train_step: Callable, shardings: TrainState, mesh: Mesh) -> Callable:
+    """Compile with the state's shardings; the old state's buffers are donated to the new one."""
+    return jax.jit(train_step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
+
+
+def make_eval_step(model: GPT, mesh: Mesh, loss_chunk_size: int) -> Callable:
+    """(params, tokens[batch, T+1]) -> mean loss, jitted."""
+
+    def eval_step(params, tokens_BxT1):
+        with sharding.axis_rules():
+            return model.apply({"params": params}, tokens_BxT1[:, :-1], tokens_BxT1[:, 1:],
+                               loss_chunk_size, method=GPT.loss)
+
+    return jax.jit(eval_step, in_shardings=(None, sharding.eval_batch_sharding(mesh)))

@@ -1,0 +1,30 @@
+"""Shared test setup: 8 fake CPU devices (set before jax is imported) and a tiny config."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from gpt2_jax.config import load_config  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# A GPT-2 small enough to train in seconds on CPU; it keeps the real (padded) vocabulary.
+TINY = [
+    "--config.model.n_layer=2", "--config.model.n_head=2", "--config.model.n_embd=32",
+    "--config.model.block_size=32", "--config.model.dtype=float32",
+    "--config.train.seq_len=16", "--config.train.micro_batch_size=2",
+    "--config.train.total_batch_size=32", "--config.train.max_steps=10",
+    "--config.train.eval_every=0", "--config.train.sample_tokens=0",
+    "--config.mesh.data=1", "--config.data.source=synthetic",
+]
+
+
+@pytest.fixture
+def tiny_config():
+    """tiny_config(*overrides) -> a validated tiny config with extra `--config.a.b=v` overrides."""
+    return lambda *overrides: load_config(None, [*TINY, *overrides])

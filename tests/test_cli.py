@@ -1,0 +1,42 @@
+"""The README's default command, run as a user runs it (a subprocess, 1 CPU device)."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def run_train(tmp_path, *args):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run([sys.executable, "-m", "gpt2_jax.train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_default_command_trains_logs_evaluates_and_samples(tmp_path):
+    result = run_train(tmp_path, "--config.train.max_steps=4", "--config.train.log_every=1",
+                       "--config.train.eval_every=2", "--config.train.sample_tokens=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    workdir = tmp_path / "runs" / "shakespeare"  # default workdir: runs/<config file stem>
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu"} <= set(train_rows[-1])
+    assert [r["step"] for r in eval_rows] == [2, 4]
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+    assert json.loads((workdir / "config.json").read_text())["train"]["max_steps"] == 4
+    assert "step 4/4 | loss" in result.stdout and "sample:" in result.stdout
+
+
+def test_unknown_override_fails_naming_the_key(tmp_path):
+    result = run_train(tmp_path, "--config.train.max_stepz=4")
+    assert result.returncode != 0
+    assert "unknown config key train.max_stepz" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_shards_name_the_pattern(tmp_path):
+    result = run_train(tmp_path, "--config.data.source=shards",
+                       "--config.data.train_files=nowhere/*.bin", "--config.train.max_steps=1")
+    assert result.returncode != 0
+    assert "no shard files match 'nowhere/*.bin'" in result.stderr

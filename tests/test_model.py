@@ -1,0 +1,113 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import CONFIGS
+
+from gpt2_jax.config import load_config, model_config
+from gpt2_jax.model import GPT, GPTConfig, cross_entropy, lm_head_logits
+from gpt2_jax.tokenizer import VOCAB_SIZE
+from gpt2_jax.train_step import init_params
+
+
+def count_params(cfg: GPTConfig) -> int:
+    abstract = jax.eval_shape(lambda rng: init_params(GPT(cfg), rng), jax.random.key(0))
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(abstract))
+
+
+@pytest.mark.parametrize("config_file, expected", [
+    ("gpt2_124m.py", 124_475_904),
+    ("gpt2_1558m.py", 1_557_686_400),
+])
+def test_parameter_count_matches_llmc(config_file, expected):
+    assert count_params(model_config(load_config(str(CONFIGS / config_file)), backend="cpu")) == expected
+
+
+def tiny_model(dtype="float32", **kw):
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, dtype=dtype, **kw)
+    model = GPT(cfg)
+    return model, init_params(model, jax.random.key(0))
+
+
+def apply(model, *args, **kwargs):
+    """model.apply under jit (eager op-by-op execution is slow on CPU)."""
+    return jax.jit(model.apply, static_argnames="method")(*args, **kwargs)
+
+
+def test_causal_changing_token_t_changes_no_earlier_logit():
+    model, params = tiny_model()
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, VOCAB_SIZE)
+    t = 9
+    changed = tokens.at[:, t].set((tokens[:, t] + 1) % VOCAB_SIZE)
+    before = apply(model, {"params": params}, tokens)
+    after = apply(model, {"params": params}, changed)
+    np.testing.assert_array_equal(before[:, :t], after[:, :t])
+    assert not np.allclose(before[:, t], after[:, t])
+
+
+def test_loss_at_init_is_near_uniform_over_real_vocab():
+    model, params = tiny_model()
+    tokens = jax.random.randint(jax.random.key(2), (4, 17), 0, VOCAB_SIZE)
+    loss = apply(model, {"params": params}, tokens[:, :-1], tokens[:, 1:], method=GPT.loss)
+    assert abs(float(loss) - math.log(VOCAB_SIZE)) < 0.1
+
+
+def test_padded_vocab_logits_are_minus_inf():
+    model, params = tiny_model()
+    logits = apply(model, {"params": params}, jnp.zeros((1, 4), jnp.int32))
+    assert logits.shape[-1] == 50304 and logits.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isneginf(logits[..., VOCAB_SIZE:])))
+    assert bool(jnp.all(jnp.isfinite(logits[..., :VOCAB_SIZE])))
+
+
+def test_chunked_loss_equals_whole_loss_and_gradient():
+    rng = np.random.default_rng(0)
+    h = jnp.asarray(rng.normal(size=(64, 16)), jnp.float32)
+    wte = jnp.asarray(rng.normal(size=(50304, 16)) * 0.1, jnp.float32)
+    targets = jnp.asarray(rng.integers(0, VOCAB_SIZE, 64))
+    whole, g_whole = jax.value_and_grad(cross_entropy, argnums=(0, 1))(h, wte, targets, 0)
+    chunked, g_chunked = jax.value_and_grad(cross_entropy, argnums=(0, 1))(h, wte, targets, 16)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+    for a, b in zip(g_chunked, g_whole):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+    # and both equal a plain float32 reference
+    logits = np.asarray(lm_head_logits(h, wte))[:, :VOCAB_SIZE].astype(np.float64)
+    ref = np.mean(np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))
+                  + logits.max(1) - logits[np.arange(64), np.asarray(targets)])
+    np.testing.assert_allclose(whole, ref, rtol=1e-5)
+
+
+def test_bf16_compute_matches_float32_reference():
+    """bf16 activations with fp32 params: loss within 1% of the fp32 model's."""
+    model32, params = tiny_model("float32")
+    model16, _ = tiny_model("bfloat16")
+    tokens = jax.random.randint(jax.random.key(3), (4, 17), 0, VOCAB_SIZE)
+    args = ({"params": params}, tokens[:, :-1], tokens[:, 1:])
+    loss32 = apply(model32, *args, method=GPT.loss)
+    loss16 = apply(model16, *args, method=GPT.loss)
+    assert loss16.dtype == jnp.float32
+    np.testing.assert_allclose(loss16, loss32, rtol=1e-2)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+
+
+def test_remat_does_not_change_loss_or_gradients():
+    model, params = tiny_model()
+    remat_model, _ = tiny_model(remat="dots_with_no_batch_dims_saveable")
+    tokens = jax.random.randint(jax.random.key(4), (2, 17), 0, VOCAB_SIZE)
+
+    def loss(m, p):
+        return apply(m, {"params": p}, tokens[:, :-1], tokens[:, 1:], method=GPT.loss)
+
+    l1, g1 = jax.value_and_grad(lambda p: loss(model, p))(params)
+    l2, g2 = jax.value_and_grad(lambda p: loss(remat_model, p))(params)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g1, g2)
+
+
+def test_sequence_longer_than_block_size_is_rejected():
+    model, params = tiny_model()
+    with pytest.raises(ValueError, match="block_size"):
+        apply(model, {"params": params}, jnp.zeros((1, 33), jnp.int32))
