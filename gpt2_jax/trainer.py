@@ -176,11 +176,14 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
             sample = generate(model, params, prompt, max_new, top_k=200, seed=c.train.seed)
             say("sample:\n" + tokenizer.decode(np.asarray(sample[0])))
 
+    peak_bytes = (device.memory_stats() or {}).get("peak_bytes_in_use")
     summary = {"first_loss": first_loss, "final_loss": last_loss, "final_val_loss": val_loss,
-               "wall_seconds": time.perf_counter() - start_time, "params": n_params}
+               "wall_seconds": time.perf_counter() - start_time, "params": n_params,
+               "peak_memory_gib": None if peak_bytes is None else peak_bytes / 2**30}
     say(f"done: {max_steps} steps in {summary['wall_seconds']:.1f} s; "
         f"loss {first_loss:.4f} -> {last_loss:.4f}"
-        + (f", val loss {val_loss:.4f}" if val_loss is not None else ""))
+        + (f", val loss {val_loss:.4f}" if val_loss is not None else "")
+        + (f"; peak device memory {summary['peak_memory_gib']:.1f} GiB" if peak_bytes else ""))
     if is_main:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
