@@ -51,6 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 250  # steps between validation-loss evaluations (0 = never)
     c.train.eval_steps = 20  # validation batches per evaluation (llm.c: 20 x 64 x 1024 tokens)
     c.train.loss_chunk_size = 0  # tokens per fp32-logits chunk in the loss (0 = whole micro-batch)
+    c.train.checkpoint_every = 1000  # steps between (asynchronous) checkpoints (0 = only at the end)
+    c.train.keep_checkpoints = 3  # newest checkpoints kept
+    c.train.keep_checkpoint_every = 5000  # also keep every checkpoint whose step is a multiple (0 = none)
+    c.train.resume = True  # resume from the workdir's newest checkpoint; False sets old ones aside
+    c.train.init_from = ""  # workdir or checkpoints/ dir to take initial weights from (fine-tuning)
     c.train.sample_tokens = 64  # tokens sampled at the end of training (0 = no sample)
     c.train.sample_prompt = "\n"  # prompt of that sample
 
@@ -151,6 +156,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
            "of a micro-batch (train.micro_batch_size * train.seq_len), or be 0")
     _check(t.log_every > 0 and t.eval_every >= 0 and t.eval_steps > 0,
            "train.log_every and train.eval_steps must be positive, train.eval_every >= 0")
+    _check(t.checkpoint_every >= 0 and t.keep_checkpoints >= 1 and t.keep_checkpoint_every >= 0,
+           "train.checkpoint_every and train.keep_checkpoint_every must be >= 0, "
+           "train.keep_checkpoints >= 1")
     _check(o.lr > 0, f"optim.lr ({o.lr}) must be positive")
     _check(0 <= o.warmup_steps, f"optim.warmup_steps ({o.warmup_steps}) must be >= 0")
     _check(0.0 <= o.final_lr_frac <= 1.0, f"optim.final_lr_frac ({o.final_lr_frac}) must be in [0, 1]")

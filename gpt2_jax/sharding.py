@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from gpt2_jax.config import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or axes). Rules are tried in order; a mesh axis already used by an
@@ -40,14 +42,14 @@ def mesh_shape(mesh_config, n_devices: int) -> tuple[int, int, int]:
     sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
     fixed = math.prod(s for s in sizes if s != -1)
     if sizes.count(-1) > 1:
-        raise ValueError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+        raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
     if -1 in sizes:
         if n_devices % fixed:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {n_devices} devices: "
+            raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {n_devices} devices: "
                              f"{n_devices} is not a multiple of {fixed}")
         sizes[sizes.index(-1)] = n_devices // fixed
     if math.prod(sizes) != n_devices:
-        raise ValueError(f"mesh.data x mesh.fsdp x mesh.tensor = {' x '.join(map(str, sizes))} = "
+        raise ConfigError(f"mesh.data x mesh.fsdp x mesh.tensor = {' x '.join(map(str, sizes))} = "
                          f"{math.prod(sizes)}, but there are {n_devices} devices")
     return tuple(sizes)
 

@@ -45,17 +45,24 @@ def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh) ->
     return TrainState(step=replicated, params=params, opt_state=opt_state)
 
 
-def create_train_state(model: GPT, tx: optax.GradientTransformation, mesh: Mesh,
-                       seed: int) -> tuple[TrainState, TrainState]:
+def _init_state(model: GPT, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    params = init_params(model, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def create_train_state(model: GPT, tx: optax.GradientTransformation, shardings: TrainState,
+                       seed: int) -> TrainState:
     """A fresh state created directly on its shards (no full copy on any device or host)."""
-    shardings = state_shardings(model, tx, mesh)
+    init = jax.jit(lambda rng: _init_state(model, tx, rng), out_shardings=shardings)
+    return init(jax.random.key(seed))
 
-    def init(rng):
-        params = init_params(model, rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
-    return state, shardings
+def abstract_train_state(model: GPT, tx: optax.GradientTransformation,
+                         shardings: TrainState) -> TrainState:
+    """The state's shapes, dtypes and shardings, without allocating it (what restore needs)."""
+    abstract = jax.eval_shape(lambda rng: _init_state(model, tx, rng), jax.random.key(0))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
 
 
 def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: optax.Schedule,

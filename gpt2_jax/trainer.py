@@ -1,10 +1,12 @@
-"""The training loop: data, state, jitted step, evaluation, logging and the closing sample."""
+"""The training loop: data, state (fresh, resumed or fine-tuned), jitted steps, evaluation,
+checkpoints, preemption, logging and the closing sample."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from gpt2_jax import metrics, sharding, tokenizer
+from gpt2_jax.checkpoint import Checkpointer, check_same_model
 from gpt2_jax.config import ConfigError, model_config
 from gpt2_jax.data import pipeline
 from gpt2_jax.data.shakespeare import prepare_shakespeare
@@ -20,7 +23,8 @@ from gpt2_jax.data.shards import find_shards
 from gpt2_jax.model import GPT, flops_per_token
 from gpt2_jax.optim import lr_schedule, make_optimizer
 from gpt2_jax.sampling import generate
-from gpt2_jax.train_step import create_train_state, jit_train_step, make_eval_step, make_train_step
+from gpt2_jax.train_step import (abstract_train_state, create_train_state, jit_train_step,
+                                 make_eval_step, make_train_step, state_shardings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,134 +58,249 @@ def data_files(c: ml_collections.ConfigDict, workdir: Path) -> tuple[list[str], 
     return find_shards(c.data.train_files), find_shards(c.data.val_files)
 
 
-def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-    """Train as configured, writing metrics.jsonl and config.json to `workdir`.
+def make_data(c: ml_collections.ConfigDict, workdir: Path, layout: BatchLayout, say):
+    """(train iterator with get_state/set_state, validation batches or None)."""
+    seq_len = c.train.seq_len
+    if c.data.source == "synthetic":
+        say("data: SYNTHETIC random tokens (data.source=synthetic); losses measure nothing real")
+        return pipeline.SyntheticBatches(seq_len=seq_len, accum_steps=layout.accum_steps,
+                                         local_batch=layout.local_micro_batch,
+                                         seed=c.train.seed), None
+    train_files, val_files = data_files(c, workdir)
+    say(f"data: {len(train_files)} train shard(s), {len(val_files)} val shard(s)")
+    train_batches = pipeline.train_batches(
+        train_files, seq_len=seq_len, accum_steps=layout.accum_steps,
+        local_batch=layout.local_micro_batch, seed=c.train.seed,
+        num_threads=c.data.num_threads, prefetch=c.data.prefetch)
+    val_batches = pipeline.eval_batches(val_files, seq_len=seq_len,
+                                        local_batch=layout.local_micro_batch,
+                                        max_batches=c.train.eval_steps)
+    return train_batches, val_batches
 
-    Returns a summary: first and last training loss, last validation loss, wall time.
+
+def set_aside_previous_run(workdir: Path, say) -> None:
+    """train.resume=False on a used workdir: keep its checkpoints and metrics under new names."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in ("checkpoints", "metrics.jsonl"):
+        path = workdir / name
+        if path.exists():
+            path.rename(workdir / f"{name}.before-{stamp}")
+            say(f"train.resume=False: moved the previous {name} to {name}.before-{stamp}")
+
+
+def truncate_metrics(workdir: Path, last_step: int) -> None:
+    """Drop metric rows past the checkpoint being resumed (they will be logged again)."""
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= last_step]
+        path.write_text("".join(row + "\n" for row in rows))
+
+
+def restore_params_from(path: str, abstract_state, c: ml_collections.ConfigDict):
+    """Params of the newest checkpoint of another run (a workdir or its checkpoints/)."""
+    directory = Path(path)
+    if (directory / "checkpoints").is_dir():
+        directory = directory / "checkpoints"
+    source = Checkpointer(directory, read_only=True)
+    step = source.latest_step()
+    if step is None:
+        raise ConfigError(f"train.init_from: no checkpoint in {directory}")
+    check_same_model(source.saved_config(step), c, str(directory))
+    state, _, _ = source.restore(step, abstract_state)
+    source.close()
+    return state.params, f"{directory} step {step}"
+
+
+class StepLog:
+    """Reads step metrics back from the device one step late, so the device always has the next
+    step queued, and turns them into console lines and metrics.jsonl rows."""
+
+    def __init__(self, log: metrics.MetricsLog, say, max_steps: int, tokens_per_step: int,
+                 flops_per_step: float, start_time: float):
+        self.log, self.say, self.max_steps = log, say, max_steps
+        self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+        self.device, self.n_devices = jax.devices()[0], jax.device_count()
+        self.pending = None  # (step, metrics) dispatched but not yet read
+        self.last_step, self.last_time = None, start_time
+        self.first_loss = self.last_loss = None
+
+    def dispatched(self, step: int, step_metrics, log_now: bool) -> None:
+        self.flush()
+        if log_now:
+            self.pending = (step, step_metrics)
+
+    def flush(self) -> None:
+        """Read back the pending step (this waits for it to finish)."""
+        if self.pending is None:
+            return
+        step, step_metrics = self.pending
+        self.pending = None
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        now = time.perf_counter()
+        first = self.last_step is None
+        if first:  # compilation dominates the first step: report it as such
+            self.say(f"compiled and ran step {step} in {now - self.last_time:.1f} s")
+            step_seconds = float("nan")
+        else:
+            step_seconds = (now - self.last_time) / (step - self.last_step)
+        self.last_step, self.last_time = step, now
+        self.first_loss = values["loss"] if self.first_loss is None else self.first_loss
+        self.last_loss = values["loss"]
+        tokens_per_sec = self.tokens_per_step / step_seconds
+        mfu = metrics.mfu(self.flops_per_step / step_seconds, self.n_devices, self.device)
+        if not first:
+            self.say(metrics.step_line(step, self.max_steps, values["loss"], values["grad_norm"],
+                                       values["lr"], 1000 * step_seconds, tokens_per_sec, mfu))
+        self.log.write({"step": step, "loss": values["loss"], "lr": values["lr"],
+                        "grad_norm": values["grad_norm"], "tokens_per_sec": tokens_per_sec,
+                        "mfu": mfu})
+
+    def pause_clock(self) -> None:
+        """Exclude time spent outside train steps (evaluation, checkpoints) from step times."""
+        self.last_time = time.perf_counter()
+
+
+class StopSignal:
+    """SIGTERM / SIGINT (a scheduler's preemption notice, Ctrl-C) ask the loop to stop cleanly."""
+
+    def __init__(self):
+        self.received = None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Train as configured in `workdir`, resuming from its newest checkpoint if it has one.
+
+    Writes metrics.jsonl, config.json, checkpoints/ and summary.json; returns the summary.
     """
     start_time = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    say = print if is_main else (lambda *_, **__: None)
+    say = (lambda *a: print(*a, flush=True)) if is_main else (lambda *a: None)
+    t = c.train
 
     mesh = sharding.make_mesh(c.mesh)
     layout = BatchLayout.from_config(c, mesh)
     model = GPT(model_config(c))
-    schedule = lr_schedule(c.optim, c.train.max_steps)
-    tx = make_optimizer(c.optim, c.train.max_steps)
-    seq_len, max_steps = c.train.seq_len, c.train.max_steps
+    tx = make_optimizer(c.optim, t.max_steps)
+    train_batches, val_batches = make_data(c, workdir, layout, say)
 
-    if c.data.source == "synthetic":
-        say("data: SYNTHETIC random tokens (data.source=synthetic); losses measure nothing real")
-        train_batches = pipeline.SyntheticBatches(
-            seq_len=seq_len, accum_steps=layout.accum_steps, local_batch=layout.local_micro_batch,
-            seed=c.train.seed)
-        val_batches = None
-    else:
-        train_files, val_files = data_files(c, workdir)
-        train_batches = pipeline.train_batches(
-            train_files, seq_len=seq_len, accum_steps=layout.accum_steps,
-            local_batch=layout.local_micro_batch, seed=c.train.seed,
-            num_threads=c.data.num_threads, prefetch=c.data.prefetch)
-        val_batches = pipeline.eval_batches(val_files, seq_len=seq_len,
-                                            local_batch=layout.local_micro_batch,
-                                            max_batches=c.train.eval_steps)
-        say(f"data: {len(train_files)} train shard(s), {len(val_files)} val shard(s)")
+    if not t.resume:
+        set_aside_previous_run(workdir, say)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints,
+                        keep_period=t.keep_checkpoint_every)
+    for path in ckpt.skipped:
+        say(f"skipping incomplete checkpoint {path} (interrupted while being written)")
 
     with jax.set_mesh(mesh):
-        compile_start = time.perf_counter()
-        state, shardings = create_train_state(model, tx, mesh, c.train.seed)
-        n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
-        train_step = jit_train_step(
-            make_train_step(model, tx, schedule, c.train.loss_chunk_size), shardings, mesh)
-        eval_step = make_eval_step(model, mesh, c.train.loss_chunk_size)
+        shardings = state_shardings(model, tx, mesh)
+        abstract_state = abstract_train_state(model, tx, shardings)
+        start_step = ckpt.latest_step() or 0
+        if start_step:
+            check_same_model(ckpt.saved_config(start_step), c, str(ckpt.directory))
+            state, data_state, _ = ckpt.restore(start_step, abstract_state)
+            train_batches.set_state(data_state)
+            truncate_metrics(workdir, start_step)
+            say(f"resumed from checkpoint step {start_step} in {ckpt.directory}")
+        else:
+            state = create_train_state(model, tx, shardings, t.seed)
+            if t.init_from:
+                params, source = restore_params_from(t.init_from, abstract_state, c)
+                state = state.replace(params=params)
+                say(f"initialized weights from {source} (fresh optimizer state)")
 
-        tokens_per_step = c.train.total_batch_size
-        flops_per_step = flops_per_token(model.config, n_params, seq_len) * tokens_per_step
-        device = jax.devices()[0]
+        n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
+        train_step = jit_train_step(make_train_step(model, tx, lr_schedule(c.optim, t.max_steps),
+                                                    t.loss_chunk_size), shardings, mesh)
+        eval_step = make_eval_step(model, mesh, t.loss_chunk_size)
         say(f"model: {model.config.n_layer} layers, {model.config.n_head} heads, "
             f"{model.config.n_embd} channels, {n_params:,} parameters, compute "
             f"{model.config.dtype}, attention {model.config.attention}, remat {model.config.remat}")
-        say(f"devices: {jax.device_count()} x {device.device_kind} ({jax.process_count()} "
-            f"process(es)), mesh {dict(mesh.shape)}")
-        say(f"batch: {tokens_per_step:,} tokens/step = {layout.accum_steps} micro-step(s) x "
-            f"{layout.global_micro_batch} sequences x {seq_len} tokens")
+        say(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} "
+            f"({jax.process_count()} process(es)), mesh {dict(mesh.shape)}")
+        say(f"batch: {t.total_batch_size:,} tokens/step = {layout.accum_steps} micro-step(s) x "
+            f"{layout.global_micro_batch} sequences x {t.seq_len} tokens")
         if is_main:
             (workdir / "config.json").write_text(c.to_json_best_effort(indent=2) + "\n")
+
         log = metrics.MetricsLog(workdir, enabled=is_main)
+        flops_per_step = flops_per_token(model.config, n_params, t.seq_len) * t.total_batch_size
+        steps = StepLog(log, say, t.max_steps, t.total_batch_size, flops_per_step,
+                        time.perf_counter())
         batch_sharding = sharding.batch_sharding(mesh)
         eval_sharding = sharding.eval_batch_sharding(mesh)
+        val_loss = None
 
         def evaluate(step: int) -> float:
             losses = [eval_step(state.params, sharding.to_global_array(b, eval_sharding))
                       for b in val_batches]
-            val_loss = float(np.mean(jax.device_get(losses)))
-            say(f"step {step}/{max_steps} | val loss {val_loss:.4f}")
-            log.write({"step": step, "val_loss": val_loss})
-            return val_loss
+            loss = float(np.mean(jax.device_get(losses)))
+            say(f"step {step}/{t.max_steps} | val loss {loss:.4f}")
+            log.write({"step": step, "val_loss": loss})
+            return loss
 
-        first_loss = last_loss = val_loss = None
-        pending = None  # (step, metrics) dispatched but not yet read back
-        last_read_step, last_read_time = 0, None
+        def save(step: int) -> None:
+            started = time.perf_counter()
+            ckpt.save(step, state, train_batches.get_state(), c)
+            say(f"checkpoint step {step}: training blocked {1000 * (time.perf_counter() - started):.0f} ms "
+                "(written in the background)")
 
-        def read_back(step: int, step_metrics) -> None:
-            """Fetch a finished step's metrics (this waits for it) and log them."""
-            nonlocal first_loss, last_loss, last_read_step, last_read_time
-            values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            now = time.perf_counter()
-            if last_read_time is None:  # the first step: compilation dominates, report it as such
-                say(f"compiled and ran step 1 in {now - compile_start:.1f} s")
-                step_seconds = float("nan")
-            else:
-                step_seconds = (now - last_read_time) / (step - last_read_step)
-            last_read_step, last_read_time = step, now
-            first_loss = values["loss"] if first_loss is None else first_loss
-            last_loss = values["loss"]
-            tokens_per_sec = tokens_per_step / step_seconds
-            mfu = metrics.mfu(flops_per_step / step_seconds, jax.device_count(), device)
-            if math.isfinite(step_seconds):
-                say(metrics.step_line(step, max_steps, values["loss"], values["grad_norm"],
-                                      values["lr"], 1000 * step_seconds, tokens_per_sec, mfu))
-            log.write({"step": step, "loss": values["loss"], "lr": values["lr"],
-                       "grad_norm": values["grad_norm"], "tokens_per_sec": tokens_per_sec,
-                       "mfu": mfu})
+        step = start_step
+        with StopSignal() as stop:
+            for step in range(start_step + 1, t.max_steps + 1):
+                batch = sharding.to_global_array(next(train_batches), batch_sharding)
+                state, step_metrics = train_step(state, batch)
+                steps.dispatched(step, step_metrics, log_now=(
+                    step == start_step + 1 or step % t.log_every == 0 or step == t.max_steps))
+                if step == start_step + 1:
+                    steps.flush()  # compile time on its own line, not inside a step time
+                eval_due = t.eval_every and (step % t.eval_every == 0 or step == t.max_steps)
+                save_due = t.checkpoint_every and step % t.checkpoint_every == 0
+                if (val_batches is not None and eval_due) or save_due or stop.received:
+                    steps.flush()
+                    if val_batches is not None and eval_due:
+                        val_loss = evaluate(step)
+                    if save_due or stop.received:
+                        save(step)
+                    steps.pause_clock()
+                if stop.received:
+                    break
+            steps.flush()
+            if not stop.received and step == t.max_steps and ckpt.latest_step() != step:
+                save(step)  # the final weights, for evaluate / sample / fine-tuning
+            ckpt.wait()
+        ckpt.close()
+        if stop.received:
+            say(f"received {stop.received}: stopped after step {step}; checkpoint in "
+                f"{ckpt.directory}/{step}; run the same command again to resume")
+            return {"stopped_at": step, "signal": stop.received}
 
-        for step in range(1, max_steps + 1):
-            batch = sharding.to_global_array(next(train_batches), batch_sharding)
-            state, step_metrics = train_step(state, batch)
-            # Read the previous step back only now, so the device always has the next step queued.
-            if pending is not None:
-                read_back(*pending)
-                pending = None
-            if step == 1 or step % c.train.log_every == 0 or step == max_steps:
-                pending = (step, step_metrics)
-            if step == 1:  # report compile time on its own, not inside a step time
-                read_back(*pending)
-                pending = None
-            eval_due = c.train.eval_every and (step % c.train.eval_every == 0 or step == max_steps)
-            if val_batches is not None and eval_due:
-                if pending is not None:
-                    read_back(*pending)
-                    pending = None
-                val_loss = evaluate(step)
-                last_read_time = time.perf_counter()  # evaluation time is not step time
-        if pending is not None:
-            read_back(*pending)
-
-        if c.train.sample_tokens and is_main:
-            prompt = tokenizer.encode(c.train.sample_prompt) or [tokenizer.EOT_TOKEN]
-            max_new = min(c.train.sample_tokens, model.config.block_size - len(prompt))
-            params = jax.device_get(state.params)
-            sample = generate(model, params, prompt, max_new, top_k=200, seed=c.train.seed)
+        if t.sample_tokens and is_main:
+            prompt = tokenizer.encode(t.sample_prompt) or [tokenizer.EOT_TOKEN]
+            max_new = min(t.sample_tokens, model.config.block_size - len(prompt))
+            sample = generate(model, jax.device_get(state.params), prompt, max_new, top_k=200,
+                              seed=t.seed)
             say("sample:\n" + tokenizer.decode(np.asarray(sample[0])))
 
-    peak_bytes = (device.memory_stats() or {}).get("peak_bytes_in_use")
-    summary = {"first_loss": first_loss, "final_loss": last_loss, "final_val_loss": val_loss,
-               "wall_seconds": time.perf_counter() - start_time, "params": n_params,
+    peak_bytes = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+    summary = {"first_loss": steps.first_loss, "final_loss": steps.last_loss,
+               "final_val_loss": val_loss, "wall_seconds": time.perf_counter() - start_time,
+               "params": n_params, "start_step": start_step,
                "peak_memory_gib": None if peak_bytes is None else peak_bytes / 2**30}
-    say(f"done: {max_steps} steps in {summary['wall_seconds']:.1f} s; "
-        f"loss {first_loss:.4f} -> {last_loss:.4f}"
+    say(f"done: steps {start_step + 1}-{t.max_steps} in {summary['wall_seconds']:.1f} s"
+        + (f"; loss {steps.first_loss:.4f} -> {steps.last_loss:.4f}" if steps.last_loss else "")
         + (f", val loss {val_loss:.4f}" if val_loss is not None else "")
         + (f"; peak device memory {summary['peak_memory_gib']:.1f} GiB" if peak_bytes else ""))
     if is_main:

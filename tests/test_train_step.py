@@ -7,7 +7,8 @@ from gpt2_jax.config import model_config
 from gpt2_jax.model import GPT
 from gpt2_jax.optim import lr_schedule, make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
-from gpt2_jax.train_step import create_train_state, jit_train_step, make_train_step
+from gpt2_jax.train_step import (create_train_state, jit_train_step, make_train_step,
+                                 state_shardings)
 
 
 def one_device_mesh(c):
@@ -18,7 +19,8 @@ def run_steps(c, mesh, tx, batches):
     model = GPT(model_config(c))
     schedule = lr_schedule(c.optim, c.train.max_steps)
     with jax.set_mesh(mesh):
-        state, shardings = create_train_state(model, tx, mesh, seed=0)
+        shardings = state_shardings(model, tx, mesh)
+        state = create_train_state(model, tx, shardings, seed=0)
         step = jit_train_step(make_train_step(model, tx, schedule, 0), shardings, mesh)
         history = []
         for batch in batches:

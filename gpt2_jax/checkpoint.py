@@ -1,0 +1,84 @@
+"""Orbax checkpoints of a run: train state, data-iterator position and the resolved config.
+
+Layout: `<workdir>/checkpoints/<step>/{state,data,config}`. Orbax writes each checkpoint into a
+temporary directory and renames it into place once complete, so a crash mid-write leaves the
+previous checkpoint as the newest usable one. Saves are asynchronous: the train loop blocks only
+while the arrays are copied off the devices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+from gpt2_jax.config import ConfigError
+
+# Model keys that must agree between a checkpoint and the config resuming it.
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
+
+
+def incomplete_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint directories orbax never committed (a crash or kill mid-write)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and "tmp" in p.name)
+
+
+class Checkpointer:
+    """Saves and restores one run's checkpoints (every `train.checkpoint_every` steps)."""
+
+    def __init__(self, directory: str | Path, keep: int = 3, keep_period: int = 0,
+                 read_only: bool = False):
+        self.directory = Path(directory).absolute()
+        if read_only and not self.directory.is_dir():
+            raise FileNotFoundError(f"no checkpoints directory at {self.directory}")
+        self.skipped = incomplete_checkpoints(self.directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, keep_period=keep_period or None, create=not read_only,
+            read_only=read_only, enable_async_checkpointing=True,
+            cleanup_tmp_directories=not read_only)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "data", "config"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict,
+             config: ml_collections.ConfigDict) -> None:
+        """Start an asynchronous save; returns once the arrays are off the devices."""
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            config=ocp.args.JsonSave(config.to_dict())), force=True)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """(state, data-iterator state, config dict) of `step`, laid out as `abstract_state` says
+        (its ShapeDtypeStructs carry the target shardings: any mesh, one CPU included)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore()))
+        return restored.state, restored.data, restored.config
+
+    def saved_config(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore())).config
+
+    def wait(self) -> None:
+        """Block until every pending save is on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def check_same_model(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
+    """Refuse a checkpoint whose model shape disagrees with the config, naming the keys."""
+    diffs = [f"model.{k}: checkpoint {saved['model'][k]} vs config {config.model[k]}"
+             for k in SHAPE_KEYS if saved["model"][k] != config.model[k]]
+    if diffs:
+        raise ConfigError(f"the checkpoint in {where} has another model shape ("
+                          + "; ".join(diffs) + "); use its model settings or another workdir")
