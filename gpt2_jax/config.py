@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # data-parallel devices (-1 = all the others)
     c.mesh.fsdp = 1  # devices sharding parameters and optimizer state (ZeRO-3)
     c.mesh.tensor = 1  # devices splitting heads / MLP / vocabulary (tensor parallelism)
+    c.mesh.zero1 = False  # also split AdamW moments over the data axis (llm.c -z 1, ZeRO-1)
     return c
 
 

@@ -37,6 +37,15 @@ LOGICAL_AXIS_RULES = (
 )
 
 
+def optimizer_rules(zero1: bool) -> tuple:
+    """Rules for the AdamW moments. With ZeRO-1 (llm.c's -z 1) they also split their "embed"
+    axis over the data axis, while the params stay as the table says (replicated over data)."""
+    if not zero1:
+        return LOGICAL_AXIS_RULES
+    return tuple((name, ("fsdp", "data")) if name == "embed" else (name, axes)
+                 for name, axes in LOGICAL_AXIS_RULES)
+
+
 def mesh_shape(mesh_config, n_devices: int) -> tuple[int, int, int]:
     """Resolve -1 ("all remaining devices") and check the mesh covers exactly `n_devices`."""
     sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
@@ -67,9 +76,9 @@ def batch_parallelism(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def logical_sharding(logical_specs, mesh: Mesh):
+def logical_sharding(logical_specs, mesh: Mesh, rules: tuple = LOGICAL_AXIS_RULES):
     """A pytree of logical PartitionSpecs -> NamedShardings through the rules table."""
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -2,6 +2,8 @@
 
 Intentionally short: the logic lives in modules that can be imported and tested (trainer.py).
 With no --config, a small GPT-2 trains on the Shakespeare text the package ships.
+Several processes (hosts) join one run with --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I, or automatically under SLURM (launch/slurm.sbatch).
 """
 
 from __future__ import annotations
@@ -11,28 +13,36 @@ from pathlib import Path
 
 from gpt2_jax.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from gpt2_jax.data.shards import ShardError
+from gpt2_jax.distributed import initialize
 from gpt2_jax.trainer import train
 
 
-def parse_args(args: list[str]) -> tuple[str, list[str], str]:
-    """Command line -> (config path, config overrides, workdir)."""
-    config_path, overrides, workdir = DEFAULT_CONFIG_PATH, [], None
+FLAGS = ("--config", "--workdir", "--coordinator_address", "--num_processes", "--process_id")
+
+
+def parse_args(args: list[str]) -> tuple[str, list[str], str, dict]:
+    """Command line -> (config path, config overrides, workdir, distributed settings)."""
+    values, overrides = {}, []
     args = list(args)
     while args:
         arg = args.pop(0)
-        if arg in ("--config", "--workdir"):
+        if arg in FLAGS:
             if not args:
                 raise ConfigError(f"{arg} needs a value")
             arg = f"{arg}={args.pop(0)}"
-        if arg.startswith("--config="):
-            config_path = arg.split("=", 1)[1]
-        elif arg.startswith("--workdir="):
-            workdir = arg.split("=", 1)[1]
+        name = arg.split("=", 1)[0]
+        if name in FLAGS and "=" in arg:
+            values[name[2:]] = arg.split("=", 1)[1]
         elif arg.startswith("--config."):
             overrides.append(arg)
         else:
             raise ConfigError(f"unexpected argument {arg!r}; usage: {__doc__.splitlines()[0]}")
-    return config_path, overrides, workdir or str(Path("runs") / Path(config_path).stem)
+    config_path = values.pop("config", DEFAULT_CONFIG_PATH)
+    workdir = values.pop("workdir", None) or str(Path("runs") / Path(config_path).stem)
+    distributed = {"coordinator_address": values.get("coordinator_address"),
+                   "num_processes": int(values["num_processes"]) if "num_processes" in values else None,
+                   "process_id": int(values["process_id"]) if "process_id" in values else None}
+    return config_path, overrides, workdir, distributed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,8 +51,10 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     try:
-        config_path, overrides, workdir = parse_args(args)
-        train(load_config(config_path, overrides), workdir)
+        config_path, overrides, workdir, distributed = parse_args(args)
+        config = load_config(config_path, overrides)
+        initialize(**distributed)
+        train(config, workdir)
     except (ConfigError, ShardError) as e:
         sys.exit(f"error: {e}")
 

@@ -22,11 +22,10 @@ class TrainState:
     opt_state: Any  # AdamW moments (float32), sharded like the params
 
 
-def param_shardings(model: GPT, mesh: Mesh):
-    """NamedShardings of the params, from the model's logical axis names (no allocation)."""
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    abstract = jax.eval_shape(model.init, jax.random.key(0), tokens)
-    return sharding.logical_sharding(nn.get_partition_spec(abstract), mesh)["params"]
+def param_logical_specs(model: GPT):
+    """The params' logical PartitionSpecs, read off the model without allocating anything."""
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    return nn.get_partition_spec(abstract)["params"]
 
 
 def init_params(model: GPT, rng: jax.Array) -> Any:
@@ -34,13 +33,17 @@ def init_params(model: GPT, rng: jax.Array) -> Any:
     return nn.unbox(model.init(rng, jnp.zeros((1, 1), jnp.int32)))["params"]
 
 
-def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
-    """Shardings of every leaf of the train state: moments follow their params."""
-    params = param_shardings(model, mesh)
+def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh,
+                    zero1: bool = False) -> TrainState:
+    """Shardings of every leaf of the train state: moments follow their params' logical axes
+    (through the ZeRO-1 rules when `zero1`), scalars are replicated."""
+    specs = param_logical_specs(model)
+    params = sharding.logical_sharding(specs, mesh)
+    moments = sharding.logical_sharding(specs, mesh, sharding.optimizer_rules(zero1))
     replicated = NamedSharding(mesh, P())
     abstract_params = jax.eval_shape(lambda rng: init_params(model, rng), jax.random.key(0))
     opt_state = optax.tree_map_params(
-        tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), params,
+        tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), moments,
         transform_non_params=lambda _: replicated)
     return TrainState(step=replicated, params=params, opt_state=opt_state)
 

@@ -120,7 +120,7 @@ class StepLog:
                  flops_per_step: float, start_time: float):
         self.log, self.say, self.max_steps = log, say, max_steps
         self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
-        self.device, self.n_devices = jax.devices()[0], jax.device_count()
+        self.device, self.n_devices = jax.local_devices()[0], jax.device_count()
         self.pending = None  # (step, metrics) dispatched but not yet read
         self.last_step, self.last_time = None, start_time
         self.first_loss = self.last_loss = None
@@ -205,7 +205,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         say(f"skipping incomplete checkpoint {path} (interrupted while being written)")
 
     with jax.set_mesh(mesh):
-        shardings = state_shardings(model, tx, mesh)
+        shardings = state_shardings(model, tx, mesh, zero1=c.mesh.zero1)
         abstract_state = abstract_train_state(model, tx, shardings)
         start_step = ckpt.latest_step() or 0
         if start_step:
@@ -294,7 +294,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                               seed=t.seed)
             say("sample:\n" + tokenizer.decode(np.asarray(sample[0])))
 
-    peak_bytes = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+    peak_bytes = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
     summary = {"first_loss": steps.first_loss, "final_loss": steps.last_loss,
                "final_val_loss": val_loss, "wall_seconds": time.perf_counter() - start_time,
                "params": n_params, "start_step": start_step,

@@ -28,3 +28,28 @@ TINY = [
 def tiny_config():
     """tiny_config(*overrides) -> a validated tiny config with extra `--config.a.b=v` overrides."""
     return lambda *overrides: load_config(None, [*TINY, *overrides])
+
+
+def run_steps(c, mesh, tx, batches):
+    """Train from a fresh state over `batches` (each (accum, batch, T + 1) numpy) on `mesh`;
+    returns (final state on the host, per-step metrics)."""
+    import jax
+
+    from gpt2_jax import sharding
+    from gpt2_jax.config import model_config
+    from gpt2_jax.model import GPT
+    from gpt2_jax.optim import lr_schedule
+    from gpt2_jax.train_step import (create_train_state, jit_train_step, make_train_step,
+                                     state_shardings)
+
+    model = GPT(model_config(c))
+    schedule = lr_schedule(c.optim, c.train.max_steps)
+    with jax.set_mesh(mesh):
+        shardings = state_shardings(model, tx, mesh, zero1=c.mesh.zero1)
+        state = create_train_state(model, tx, shardings, seed=0)
+        step = jit_train_step(make_train_step(model, tx, schedule, 0), shardings, mesh)
+        history = []
+        for batch in batches:
+            state, metrics = step(state, sharding.to_global_array(batch, sharding.batch_sharding(mesh)))
+            history.append(jax.device_get(metrics))
+        return state, jax.device_get(state), history

@@ -2,31 +2,14 @@ import jax
 import numpy as np
 import optax
 
+from conftest import run_steps
 from gpt2_jax import sharding
-from gpt2_jax.config import model_config
-from gpt2_jax.model import GPT
-from gpt2_jax.optim import lr_schedule, make_optimizer
+from gpt2_jax.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
-from gpt2_jax.train_step import (create_train_state, jit_train_step, make_train_step,
-                                 state_shardings)
 
 
 def one_device_mesh(c):
     return sharding.make_mesh(c.mesh, jax.devices()[:1])
-
-
-def run_steps(c, mesh, tx, batches):
-    model = GPT(model_config(c))
-    schedule = lr_schedule(c.optim, c.train.max_steps)
-    with jax.set_mesh(mesh):
-        shardings = state_shardings(model, tx, mesh)
-        state = create_train_state(model, tx, shardings, seed=0)
-        step = jit_train_step(make_train_step(model, tx, schedule, 0), shardings, mesh)
-        history = []
-        for batch in batches:
-            state, metrics = step(state, sharding.to_global_array(batch, sharding.batch_sharding(mesh)))
-            history.append(jax.device_get(metrics))
-    return jax.device_get(state), history
 
 
 def test_tiny_model_overfits_one_batch(tiny_config):
@@ -34,7 +17,7 @@ def test_tiny_model_overfits_one_batch(tiny_config):
                     "--config.optim.final_lr_frac=1.0", "--config.optim.weight_decay=0.0",
                     "--config.train.max_steps=80")
     batch = np.random.default_rng(0).integers(0, VOCAB_SIZE, (1, 4, 17)).astype(np.int32)
-    _, history = run_steps(c, one_device_mesh(c), make_optimizer(c.optim, 80), [batch] * 80)
+    _, _, history = run_steps(c, one_device_mesh(c), make_optimizer(c.optim, 80), [batch] * 80)
     assert history[0]["loss"] > 10.0
     assert history[-1]["loss"] < 0.5, [float(h["loss"]) for h in history[::10]]
 
@@ -45,8 +28,8 @@ def test_accumulation_equals_one_larger_batch(tiny_config):
     tokens = np.random.default_rng(1).integers(0, VOCAB_SIZE, (4, 2, 17)).astype(np.int32)
     tx = optax.sgd(0.1)  # update = -lr * gradient, so params compare the gradients exactly
     mesh = one_device_mesh(c)
-    accumulated, h_acc = run_steps(c, mesh, tx, [tokens])
-    whole, h_whole = run_steps(c, mesh, tx, [tokens.reshape(1, 8, 17)])
+    _, accumulated, h_acc = run_steps(c, mesh, tx, [tokens])
+    _, whole, h_whole = run_steps(c, mesh, tx, [tokens.reshape(1, 8, 17)])
     np.testing.assert_allclose(h_acc[0]["loss"], h_whole[0]["loss"], rtol=1e-6)
     np.testing.assert_allclose(h_acc[0]["grad_norm"], h_whole[0]["grad_norm"], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
@@ -60,9 +43,9 @@ def test_data_parallel_step_matches_single_device(tiny_config):
     batches = [np.random.default_rng(s).integers(0, VOCAB_SIZE, (1, 8, 17)).astype(np.int32)
                for s in range(3)]
     tx = make_optimizer(c.optim, 3)
-    single, h1 = run_steps(c, one_device_mesh(c), tx, batches)
+    _, single, h1 = run_steps(c, one_device_mesh(c), tx, batches)
     c8 = tiny_config("--config.mesh.data=8")
-    parallel, h8 = run_steps(c8, sharding.make_mesh(c8.mesh), tx, batches)
+    _, parallel, h8 = run_steps(c8, sharding.make_mesh(c8.mesh), tx, batches)
     for a, b in zip(h1, h8):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),

@@ -1,0 +1,21 @@
+"""Multi-process start-up: one JAX process per host (or per group of local devices), all of them
+one global mesh. Must run before anything touches a device."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Join the other processes of this run, if there are any.
+
+    Explicit arguments win; otherwise a SLURM job with several tasks is detected and JAX reads the
+    coordinator, process count and id from SLURM's environment. A lone process does nothing.
+    """
+    if coordinator_address:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()
