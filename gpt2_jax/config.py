@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | bfloat16 | float32
     c.model.attention = "auto"  # auto (cudnn on GPU with bf16, else xla) | cudnn | xla
     c.model.remat = "none"  # activation recomputation: none | full | a jax.checkpoint_policies name
+    c.model.logits_dtype = "float32"  # storage of the loss's logits: float32 | bfloat16 (softmax in fp32)
 
     c.train = ml_collections.ConfigDict()
     c.train.max_steps = 19073  # optimizer steps (10B tokens / 524,288)
@@ -143,6 +144,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"model.dtype must be auto, bfloat16 or float32, not {m.dtype!r}")
     _check(m.attention in ("auto", "cudnn", "xla"),
            f"model.attention must be auto, cudnn or xla, not {m.attention!r}")
+    _check(m.logits_dtype in ("float32", "bfloat16"),
+           f"model.logits_dtype must be float32 or bfloat16, not {m.logits_dtype!r}")
     _check(m.remat in REMAT_CHOICES, f"model.remat must be one of {REMAT_CHOICES}, not {m.remat!r}")
     _check(0 < t.seq_len <= m.block_size,
            f"train.seq_len ({t.seq_len}) must be in 1..model.block_size ({m.block_size})")
@@ -187,4 +190,4 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None) -> GP
         attention = "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
     return GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
                      vocab_size=m.vocab_size, block_size=m.block_size, dtype=dtype,
-                     attention=attention, remat=m.remat)
+                     attention=attention, remat=m.remat, logits_dtype=m.logits_dtype)

@@ -34,6 +34,7 @@ class GPTConfig:
     dtype: str = "float32"  # compute dtype; parameters are always float32
     attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
     remat: str = "none"  # one of REMAT_CHOICES
+    logits_dtype: str = "float32"  # dtype the loss's logits are stored in; softmax is always fp32
 
     @property
     def head_dim(self) -> int:
@@ -140,26 +141,28 @@ def _remat(block: type[nn.Module], policy_name: str) -> type[nn.Module]:
     return nn.remat(block, policy=policy, prevent_cse=False)
 
 
-def lm_head_logits(h_NxD: jax.Array, wte_VxD: jax.Array) -> jax.Array:
-    """Tied LM head: logits in float32 (fp32 accumulation of compute-dtype operands).
+def lm_head_logits(h_NxD: jax.Array, wte_VxD: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """Tied LM head: logits stored in `dtype`, accumulated in fp32 from compute-dtype operands.
 
     The padded vocabulary entries are -inf, so they never win a sample and carry no probability.
     """
-    logits_NxV = jnp.dot(h_NxD, wte_VxD.astype(h_NxD.dtype).T, preferred_element_type=jnp.float32)
+    logits_NxV = jnp.dot(h_NxD, wte_VxD.astype(h_NxD.dtype).T, preferred_element_type=dtype)
     vocab_ids_V = jnp.arange(wte_VxD.shape[0])
     return jnp.where(vocab_ids_V < GPT2_VOCAB_SIZE, logits_NxV, -jnp.inf)
 
 
 def cross_entropy(h_NxD: jax.Array, wte_VxD: jax.Array, targets_N: jax.Array,
-                  chunk_size: int = 0) -> jax.Array:
-    """Mean next-token cross-entropy in float32 over the real vocabulary.
+                  chunk_size: int = 0, logits_dtype=jnp.float32) -> jax.Array:
+    """Mean next-token cross-entropy over the real vocabulary, softmax computed in float32.
 
-    With `chunk_size` > 0 the logits exist only `chunk_size` tokens at a time, in the forward and
-    (through rematerialization) the backward pass: 64x1024 tokens of float32 logits would be 13 GB.
+    The logits are stored in `logits_dtype` (bfloat16 halves their memory traffic, as in llm.c's
+    fused classifier). With `chunk_size` > 0 they exist only `chunk_size` tokens at a time, in the
+    forward and (through rematerialization) the backward pass: 64x1024 tokens of float32 logits
+    would be 13 GB.
     """
 
     def summed_loss(h_CxD, targets_C):
-        logits_CxV = lm_head_logits(h_CxD, wte_VxD)
+        logits_CxV = lm_head_logits(h_CxD, wte_VxD, logits_dtype).astype(jnp.float32)
         target_logits_C = jnp.take_along_axis(logits_CxV, targets_C[:, None], axis=-1)[:, 0]
         return jnp.sum(jax.nn.logsumexp(logits_CxV, axis=-1) - target_logits_C)
 
@@ -215,7 +218,7 @@ class GPT(nn.Module):
         """Mean cross-entropy of predicting `targets_BxT`; see `cross_entropy`."""
         h_BxTxD = self.hidden_states(tokens_BxT)
         return cross_entropy(h_BxTxD.reshape(-1, self.config.n_embd), self.wte.embedding,
-                             targets_BxT.reshape(-1), chunk_size)
+                             targets_BxT.reshape(-1), chunk_size, self.config.logits_dtype)
 
 
 def flops_per_token(cfg: GPTConfig, n_params: int, seq_len: int) -> float:
