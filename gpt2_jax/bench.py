@@ -1,7 +1,7 @@
 """Train-step throughput on random tokens: steady-state step time, tokens/s, MFU, memory, compile.
 
     python -m gpt2_jax.bench --config configs/gpt2_124m.py [--config.KEY=VALUE ...]
-        [--variant "--config.model.remat=full" ...] [--steps 10] [--warmup 3]
+        [--variant="--config.model.remat=full" ...] [--steps 10] [--warmup 3]
         [--results BENCHMARKS.md]
 
 Each --variant adds overrides on top of the common ones and is measured in turn in one process
