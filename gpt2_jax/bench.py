@@ -35,13 +35,15 @@ def measure(c, steps: int, warmup: int) -> dict:
     model = GPT(model_config(c))
     tx = make_optimizer(c.optim, c.train.max_steps)
     with jax.set_mesh(mesh):
-        shardings = state_shardings(model, tx, mesh, zero1=c.mesh.zero1)
-        state = create_train_state(model, tx, shardings, c.train.seed)
+        window = c.stability.window
+        shardings = state_shardings(model, tx, mesh, zero1=c.mesh.zero1, guard_window=window)
+        state = create_train_state(model, tx, shardings, c.train.seed, guard_window=window)
         shape = (layout.accum_steps, layout.global_micro_batch, c.train.seq_len + 1)
         batch = jax.jit(lambda key: jax.random.randint(key, shape, 0, VOCAB_SIZE),
                         out_shardings=sharding.batch_sharding(mesh))(jax.random.key(1))
-        step = jit_train_step(make_train_step(model, tx, lr_schedule(c.optim, c.train.max_steps),
-                                              c.train.loss_chunk_size), shardings, mesh)
+        step = jit_train_step(make_train_step(
+            model, tx, lr_schedule(c.optim, c.train.max_steps), c.train.loss_chunk_size,
+            c.stability.loss_zscore, c.stability.grad_zscore), shardings, mesh)
         started = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         compile_seconds = time.perf_counter() - started

@@ -16,8 +16,9 @@ import orbax.checkpoint as ocp
 
 from gpt2_jax.config import ConfigError
 
-# Model keys that must agree between a checkpoint and the config resuming it.
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
+# Keys that fix the train state's shapes: a checkpoint and the config resuming it must agree.
+SHAPE_KEYS = ("model.n_layer", "model.n_head", "model.n_embd", "model.vocab_size",
+              "model.block_size", "stability.window")
 
 
 def incomplete_checkpoints(directory: Path) -> list[Path]:
@@ -76,9 +77,13 @@ class Checkpointer:
 
 
 def check_same_model(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
-    """Refuse a checkpoint whose model shape disagrees with the config, naming the keys."""
-    diffs = [f"model.{k}: checkpoint {saved['model'][k]} vs config {config.model[k]}"
-             for k in SHAPE_KEYS if saved["model"][k] != config.model[k]]
+    """Refuse a checkpoint whose state shapes disagree with the config, naming the keys."""
+    diffs = []
+    for key in SHAPE_KEYS:
+        section, name = key.split(".")
+        theirs, ours = saved[section][name], config[section][name]
+        if theirs != ours:
+            diffs.append(f"{key}: checkpoint {theirs} vs config {ours}")
     if diffs:
         raise ConfigError(f"the checkpoint in {where} has another model shape ("
-                          + "; ".join(diffs) + "); use its model settings or another workdir")
+                          + "; ".join(diffs) + "); use its settings or another workdir")

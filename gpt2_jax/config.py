@@ -57,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoint_every = 5000  # also keep every checkpoint whose step is a multiple (0 = none)
     c.train.resume = True  # resume from the workdir's newest checkpoint; False sets old ones aside
     c.train.init_from = ""  # workdir or checkpoints/ dir to take initial weights from (fine-tuning)
+    c.train.health_every = 250  # steps between activation/parameter health reports (0 = never)
+    c.train.tensorboard = True  # also write metrics as TensorBoard events under <workdir>/tensorboard
     c.train.sample_tokens = 64  # tokens sampled at the end of training (0 = no sample)
     c.train.sample_prompt = "\n"  # prompt of that sample
 
@@ -69,6 +71,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b2 = 0.95
     c.optim.eps = 1e-8
     c.optim.grad_clip = 1.0  # global-norm clipping threshold (0 = off)
+
+    c.stability = ml_collections.ConfigDict()
+    c.stability.loss_zscore = 5.0  # skip an update whose loss z-score exceeds this (0 = off; llm.c -sl)
+    c.stability.grad_zscore = 5.0  # same for the gradient norm (0 = off; llm.c -sg)
+    c.stability.window = 128  # z-scores compare with this many recent applied steps (llm.c: 128)
+    c.stability.max_bad_steps = 5  # stop after this many consecutive non-finite steps
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "shards"  # shards (the globs below) | shakespeare (shipped text) | synthetic
@@ -163,6 +171,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(t.checkpoint_every >= 0 and t.keep_checkpoints >= 1 and t.keep_checkpoint_every >= 0,
            "train.checkpoint_every and train.keep_checkpoint_every must be >= 0, "
            "train.keep_checkpoints >= 1")
+    st = c.stability
+    _check(st.loss_zscore >= 0 and st.grad_zscore >= 0,
+           "stability.loss_zscore and stability.grad_zscore must be >= 0 (0 = off)")
+    _check(st.window >= 2 and st.max_bad_steps >= 1,
+           "stability.window must be >= 2 and stability.max_bad_steps >= 1")
+    _check(t.health_every >= 0, f"train.health_every ({t.health_every}) must be >= 0")
     _check(o.lr > 0, f"optim.lr ({o.lr}) must be positive")
     _check(0 <= o.warmup_steps, f"optim.warmup_steps ({o.warmup_steps}) must be >= 0")
     _check(0.0 <= o.final_lr_frac <= 1.0, f"optim.final_lr_frac ({o.final_lr_frac}) must be in [0, 1]")

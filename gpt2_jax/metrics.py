@@ -25,19 +25,59 @@ def mfu(flops_per_second: float, n_devices: int, device: jax.Device) -> float | 
 
 
 class MetricsLog:
-    """Appends rows to <workdir>/metrics.jsonl; only the main process writes."""
+    """Rows to <workdir>/metrics.jsonl and, optionally, TensorBoard event files under
+    <workdir>/tensorboard (tensorboardX: no TensorFlow). Only the main process writes."""
 
-    def __init__(self, workdir: str | Path, enabled: bool = True):
+    def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool = True):
         self.path = Path(workdir) / "metrics.jsonl"
         self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"), flush_secs=30)
 
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in row.items()}
+        clean = _json_ready(row)
         with open(self.path, "a") as f:
             f.write(json.dumps(clean) + "\n")
+        if self.writer is not None:
+            for tag, value in _scalars(clean):
+                self.writer.add_scalar(tag, value, clean["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _json_ready(value):
+    """Floats, lists and dicts JSON can hold; non-finite floats become null."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        value = value.tolist() if hasattr(value, "tolist") else value
+        return [_json_ready(v) for v in value] if isinstance(value, list) else _json_ready(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _scalars(row: dict, prefix: str = ""):
+    """(tag, number) pairs of a row; lists become one tag per index (e.g. per layer)."""
+    for key, value in row.items():
+        if key == "step" or value is None:
+            continue
+        tag = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _scalars(value, tag + "/")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                if v is not None:
+                    yield f"{tag}/{i:02d}", v
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield tag, value
 
 
 def step_line(step: int, max_steps: int, loss: float, grad_norm: float, lr: float,

@@ -130,6 +130,9 @@ class Block(nn.Module):
         x_BxTxD = x_BxTxD + CausalSelfAttention(self.config, name="attn")(
             _layer_norm(self.config, "ln_1")(x_BxTxD))
         x_BxTxD = x_BxTxD + MLP(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x_BxTxD))
+        # Recorded only when "intermediates" is mutable (health.py); otherwise a no-op.
+        self.sow("intermediates", "residual_rms",
+                 jnp.sqrt(jnp.mean(jnp.square(x_BxTxD.astype(jnp.float32)))))
         return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed")), None
 
 
@@ -192,7 +195,8 @@ class GPT(nn.Module):
         # with depth (48 layers compile like 1).
         self.h = nn.scan(
             _remat(Block, cfg.remat),
-            variable_axes={"params": 0}, split_rngs={"params": True}, length=cfg.n_layer,
+            variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+            length=cfg.n_layer,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg)
         self.ln_f = _layer_norm(cfg, "ln_f")

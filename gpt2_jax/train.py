@@ -14,7 +14,7 @@ from pathlib import Path
 from gpt2_jax.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from gpt2_jax.data.shards import ShardError
 from gpt2_jax.distributed import initialize
-from gpt2_jax.trainer import train
+from gpt2_jax.trainer import TrainingDiverged, train
 
 
 FLAGS = ("--config", "--workdir", "--coordinator_address", "--num_processes", "--process_id")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(config_path, overrides)
         initialize(**distributed)
         train(config, workdir)
-    except (ConfigError, ShardError) as e:
+    except (ConfigError, ShardError, TrainingDiverged) as e:
         sys.exit(f"error: {e}")
 
 

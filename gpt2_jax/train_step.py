@@ -11,15 +11,16 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gpt2_jax import sharding
+from gpt2_jax import sharding, stability
 from gpt2_jax.model import GPT
 
 
 @flax.struct.dataclass
 class TrainState:
-    step: jax.Array  # optimizer steps taken
+    step: jax.Array  # optimizer steps taken (skipped updates included)
     params: Any  # float32 parameter pytree
     opt_state: Any  # AdamW moments (float32), sharded like the params
+    guard: stability.GuardState  # recent losses / grad norms for the outlier guard
 
 
 def param_logical_specs(model: GPT):
@@ -34,7 +35,7 @@ def init_params(model: GPT, rng: jax.Array) -> Any:
 
 
 def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh,
-                    zero1: bool = False) -> TrainState:
+                    guard_window: int, zero1: bool = False) -> TrainState:
     """Shardings of every leaf of the train state: moments follow their params' logical axes
     (through the ZeRO-1 rules when `zero1`), scalars are replicated."""
     specs = param_logical_specs(model)
@@ -45,32 +46,41 @@ def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh,
     opt_state = optax.tree_map_params(
         tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), moments,
         transform_non_params=lambda _: replicated)
-    return TrainState(step=replicated, params=params, opt_state=opt_state)
+    guard = jax.tree.map(lambda _: replicated,
+                         jax.eval_shape(lambda: stability.init_guard(guard_window)))
+    return TrainState(step=replicated, params=params, opt_state=opt_state, guard=guard)
 
 
-def _init_state(model: GPT, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+def _init_state(model: GPT, tx: optax.GradientTransformation, rng: jax.Array,
+                guard_window: int) -> TrainState:
     params = init_params(model, rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      guard=stability.init_guard(guard_window))
 
 
 def create_train_state(model: GPT, tx: optax.GradientTransformation, shardings: TrainState,
-                       seed: int) -> TrainState:
+                       seed: int, guard_window: int) -> TrainState:
     """A fresh state created directly on its shards (no full copy on any device or host)."""
-    init = jax.jit(lambda rng: _init_state(model, tx, rng), out_shardings=shardings)
+    init = jax.jit(lambda rng: _init_state(model, tx, rng, guard_window), out_shardings=shardings)
     return init(jax.random.key(seed))
 
 
-def abstract_train_state(model: GPT, tx: optax.GradientTransformation,
-                         shardings: TrainState) -> TrainState:
+def abstract_train_state(model: GPT, tx: optax.GradientTransformation, shardings: TrainState,
+                         guard_window: int) -> TrainState:
     """The state's shapes, dtypes and shardings, without allocating it (what restore needs)."""
-    abstract = jax.eval_shape(lambda rng: _init_state(model, tx, rng), jax.random.key(0))
+    abstract = jax.eval_shape(lambda rng: _init_state(model, tx, rng, guard_window),
+                              jax.random.key(0))
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
 
 
 def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    loss_chunk_size: int) -> Callable:
-    """(state, tokens[accum, batch, T+1]) -> (state, metrics); accumulates inside one jit."""
+                    loss_chunk_size: int, loss_zscore: float = 0.0,
+                    grad_zscore: float = 0.0) -> Callable:
+    """(state, tokens[accum, batch, T+1]) -> (state, metrics); accumulates inside one jit.
+
+    The outlier guard (stability.py) decides in the same jit whether the update is applied.
+    """
 
     def loss_fn(params, tokens_BxT1):
         return model.apply({"params": params}, tokens_BxT1[:, :-1], tokens_BxT1[:, 1:],
@@ -85,11 +95,17 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: opta
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             grad_sum, losses_A = jax.lax.scan(micro_step, zeros, tokens_AxBxT1)
         grads = jax.tree.map(lambda g: g / tokens_AxBxT1.shape[0], grad_sum)
+        loss, grad_norm = jnp.mean(losses_A), optax.global_norm(grads)
+        skip, guard, guard_metrics = stability.assess(state.guard, loss, grad_norm,
+                                                      loss_zscore, grad_zscore)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                               opt_state=opt_state)
-        metrics = {"loss": jnp.mean(losses_A), "grad_norm": optax.global_norm(grads),
-                   "lr": schedule(state.step)}
+        params = optax.apply_updates(state.params, updates)
+        params, opt_state = stability.unless(skip, (params, opt_state),
+                                             (state.params, state.opt_state))
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                               guard=guard)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+                   **guard_metrics}
         return new_state, metrics
 
     return train_step

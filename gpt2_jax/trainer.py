@@ -3,6 +3,7 @@ checkpoints, preemption, logging and the closing sample."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -15,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from gpt2_jax import metrics, sharding, tokenizer
+from gpt2_jax.health import health_line, make_health_fn
 from gpt2_jax.checkpoint import Checkpointer, check_same_model
 from gpt2_jax.config import ConfigError, model_config
 from gpt2_jax.data import pipeline
@@ -112,13 +114,18 @@ def restore_params_from(path: str, abstract_state, c: ml_collections.ConfigDict)
     return state.params, f"{directory} step {step}"
 
 
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with non-finite loss or gradients."""
+
+
 class StepLog:
     """Reads step metrics back from the device one step late, so the device always has the next
     step queued, and turns them into console lines and metrics.jsonl rows."""
 
     def __init__(self, log: metrics.MetricsLog, say, max_steps: int, tokens_per_step: int,
-                 flops_per_step: float, start_time: float):
+                 flops_per_step: float, start_time: float, max_bad_steps: int):
         self.log, self.say, self.max_steps = log, say, max_steps
+        self.max_bad_steps, self.skipped = max_bad_steps, 0
         self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
         self.device, self.n_devices = jax.local_devices()[0], jax.device_count()
         self.pending = None  # (step, metrics) dispatched but not yet read
@@ -154,11 +161,33 @@ class StepLog:
                                        values["lr"], 1000 * step_seconds, tokens_per_sec, mfu))
         self.log.write({"step": step, "loss": values["loss"], "lr": values["lr"],
                         "grad_norm": values["grad_norm"], "tokens_per_sec": tokens_per_sec,
-                        "mfu": mfu})
+                        "mfu": mfu, "skipped": int(values["skipped"]),
+                        "loss_zscore": values["loss_zscore"], "grad_zscore": values["grad_zscore"]})
+        if values["skipped"] > self.skipped:
+            self.say(f"step {step}: skipped {int(values['skipped']) - self.skipped} update(s) so far "
+                     f"unseen (loss {values['loss']:.4f}, z {values['loss_zscore']:.1f}; grad norm "
+                     f"{values['grad_norm']:.4f}, z {values['grad_zscore']:.1f})")
+            self.skipped = int(values["skipped"])
+        if values["bad_streak"] >= self.max_bad_steps:
+            raise TrainingDiverged(
+                f"stopping at step {step}: {int(values['bad_streak'])} consecutive steps with "
+                "non-finite loss or gradients (stability.max_bad_steps); none of them changed the "
+                "weights, and no checkpoint holds non-finite values")
 
     def pause_clock(self) -> None:
         """Exclude time spent outside train steps (evaluation, checkpoints) from step times."""
         self.last_time = time.perf_counter()
+
+
+@contextlib.contextmanager
+def _closing(ckpt: Checkpointer, log: metrics.MetricsLog):
+    """Finish pending checkpoint writes and flush the logs, whatever ends the loop."""
+    try:
+        yield
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        log.close()
 
 
 class StopSignal:
@@ -205,8 +234,9 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         say(f"skipping incomplete checkpoint {path} (interrupted while being written)")
 
     with jax.set_mesh(mesh):
-        shardings = state_shardings(model, tx, mesh, zero1=c.mesh.zero1)
-        abstract_state = abstract_train_state(model, tx, shardings)
+        window = c.stability.window
+        shardings = state_shardings(model, tx, mesh, zero1=c.mesh.zero1, guard_window=window)
+        abstract_state = abstract_train_state(model, tx, shardings, guard_window=window)
         start_step = ckpt.latest_step() or 0
         if start_step:
             check_same_model(ckpt.saved_config(start_step), c, str(ckpt.directory))
@@ -215,15 +245,17 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
             truncate_metrics(workdir, start_step)
             say(f"resumed from checkpoint step {start_step} in {ckpt.directory}")
         else:
-            state = create_train_state(model, tx, shardings, t.seed)
+            state = create_train_state(model, tx, shardings, t.seed, guard_window=window)
             if t.init_from:
                 params, source = restore_params_from(t.init_from, abstract_state, c)
                 state = state.replace(params=params)
                 say(f"initialized weights from {source} (fresh optimizer state)")
 
         n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
-        train_step = jit_train_step(make_train_step(model, tx, lr_schedule(c.optim, t.max_steps),
-                                                    t.loss_chunk_size), shardings, mesh)
+        train_step = jit_train_step(make_train_step(
+            model, tx, lr_schedule(c.optim, t.max_steps), t.loss_chunk_size,
+            c.stability.loss_zscore, c.stability.grad_zscore), shardings, mesh)
+        health = make_health_fn(model)
         eval_step = make_eval_step(model, mesh, t.loss_chunk_size)
         say(f"model: {model.config.n_layer} layers, {model.config.n_head} heads, "
             f"{model.config.n_embd} channels, {n_params:,} parameters, compute "
@@ -235,10 +267,10 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         if is_main:
             (workdir / "config.json").write_text(c.to_json_best_effort(indent=2) + "\n")
 
-        log = metrics.MetricsLog(workdir, enabled=is_main)
+        log = metrics.MetricsLog(workdir, enabled=is_main, tensorboard=t.tensorboard)
         flops_per_step = flops_per_token(model.config, n_params, t.seq_len) * t.total_batch_size
         steps = StepLog(log, say, t.max_steps, t.total_batch_size, flops_per_step,
-                        time.perf_counter())
+                        time.perf_counter(), c.stability.max_bad_steps)
         batch_sharding = sharding.batch_sharding(mesh)
         eval_sharding = sharding.eval_batch_sharding(mesh)
         val_loss = None
@@ -257,8 +289,13 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
             say(f"checkpoint step {step}: training blocked {1000 * (time.perf_counter() - started):.0f} ms "
                 "(written in the background)")
 
+        def report_health(step: int, batch) -> None:
+            report = jax.device_get(health(state.params, batch[0, :4]))
+            say(health_line(step, report))
+            log.write({"step": step, **report})
+
         step = start_step
-        with StopSignal() as stop:
+        with StopSignal() as stop, _closing(ckpt, log):
             for step in range(start_step + 1, t.max_steps + 1):
                 batch = sharding.to_global_array(next(train_batches), batch_sharding)
                 state, step_metrics = train_step(state, batch)
@@ -268,8 +305,11 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                     steps.flush()  # compile time on its own line, not inside a step time
                 eval_due = t.eval_every and (step % t.eval_every == 0 or step == t.max_steps)
                 save_due = t.checkpoint_every and step % t.checkpoint_every == 0
-                if (val_batches is not None and eval_due) or save_due or stop.received:
+                health_due = t.health_every and step % t.health_every == 0
+                if (val_batches is not None and eval_due) or save_due or health_due or stop.received:
                     steps.flush()
+                    if health_due:
+                        report_health(step, batch)
                     if val_batches is not None and eval_due:
                         val_loss = evaluate(step)
                     if save_due or stop.received:
@@ -280,8 +320,6 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
             steps.flush()
             if not stop.received and step == t.max_steps and ckpt.latest_step() != step:
                 save(step)  # the final weights, for evaluate / sample / fine-tuning
-            ckpt.wait()
-        ckpt.close()
         if stop.received:
             say(f"received {stop.received}: stopped after step {step}; checkpoint in "
                 f"{ckpt.directory}/{step}; run the same command again to resume")

@@ -45,9 +45,11 @@ def run_steps(c, mesh, tx, batches):
     model = GPT(model_config(c))
     schedule = lr_schedule(c.optim, c.train.max_steps)
     with jax.set_mesh(mesh):
-        shardings = state_shardings(model, tx, mesh, zero1=c.mesh.zero1)
-        state = create_train_state(model, tx, shardings, seed=0)
-        step = jit_train_step(make_train_step(model, tx, schedule, 0), shardings, mesh)
+        window = c.stability.window
+        shardings = state_shardings(model, tx, mesh, zero1=c.mesh.zero1, guard_window=window)
+        state = create_train_state(model, tx, shardings, seed=0, guard_window=window)
+        step = jit_train_step(make_train_step(model, tx, schedule, 0, c.stability.loss_zscore,
+                                              c.stability.grad_zscore), shardings, mesh)
         history = []
         for batch in batches:
             state, metrics = step(state, sharding.to_global_array(batch, sharding.batch_sharding(mesh)))

@@ -65,7 +65,9 @@ def final_params(workdir):
     model, tx = GPT(model_config(c)), make_optimizer(c.optim, 30)
     mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
     with jax.set_mesh(mesh):
-        abstract = abstract_train_state(model, tx, state_shardings(model, tx, mesh))
+        window = c.stability.window
+        abstract = abstract_train_state(model, tx, state_shardings(model, tx, mesh, guard_window=window),
+                                        guard_window=window)
         ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
         assert ckpt.latest_step() == 30
         state, _, _ = ckpt.restore(30, abstract)
@@ -155,7 +157,9 @@ def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path):
     model, tx = GPT(model_config(c)), make_optimizer(c.optim, 10)
     mesh8 = sharding.make_mesh(c.mesh)
     with jax.set_mesh(mesh8):
-        state = create_train_state(model, tx, state_shardings(model, tx, mesh8), seed=3)
+        window = c.stability.window
+        state = create_train_state(model, tx, state_shardings(model, tx, mesh8, window), seed=3,
+                                   guard_window=window)
     kernel = state.params["h"]["mlp"]["c_fc"]["kernel"]
     assert len(kernel.sharding.device_set) == 8 and not kernel.is_fully_replicated
     ckpt = Checkpointer(tmp_path / "checkpoints")
@@ -165,7 +169,8 @@ def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path):
     one = load_config(None, [*TINY, "--config.mesh.data=1"])
     mesh1 = sharding.make_mesh(one.mesh, jax.devices()[:1])
     with jax.set_mesh(mesh1):
-        abstract = abstract_train_state(model, tx, state_shardings(model, tx, mesh1))
+        abstract = abstract_train_state(model, tx, state_shardings(model, tx, mesh1, window),
+                                        guard_window=window)
         restored, data_state, config = Checkpointer(tmp_path / "checkpoints",
                                                     read_only=True).restore(5, abstract)
     assert restored.params["h"]["mlp"]["c_fc"]["kernel"].sharding.device_set == {jax.devices()[0]}

@@ -21,6 +21,8 @@ def get_config():
     c.train.eval_steps = 4
     c.train.checkpoint_every = 100
     c.train.keep_checkpoint_every = 0
+    c.train.health_every = 100
+    c.stability.window = 32
     c.train.sample_tokens = 96
     c.optim.lr = 1e-3  # small models take a larger step than GPT-2's 6e-4
     c.optim.warmup_steps = 20

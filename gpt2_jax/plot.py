@@ -1,0 +1,87 @@
+"""Training curves of one or more runs, as llm.c's notebook draws them.
+
+    python -m gpt2_jax.plot runs/gpt2_124m [runs/other ...] --out curves.png
+
+Left: train loss (thin) and validation loss (thick) against tokens seen, skipped updates marked.
+Right, when any run evaluated HellaSwag: its accuracy with OpenAI GPT-2's as horizontal lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+# HellaSwag acc_norm of OpenAI's checkpoints, scored like llm.c (reference-facts.md).
+HELLASWAG_BASELINES = {"OpenAI GPT-2 124M": 0.295, "OpenAI GPT-2 1.5B": 0.489}
+
+
+def read_run(run_dir: str | Path) -> tuple[list[dict], int]:
+    """The run's metrics rows and its tokens per step (from config.json)."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.exists():
+        raise SystemExit(f"{run_dir}: no metrics.jsonl (is this a run directory?)")
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    config = json.loads((run_dir / "config.json").read_text())
+    return rows, config["train"]["total_batch_size"]
+
+
+def plot_runs(run_dirs: list[str], out: str) -> None:
+    runs = {str(d): read_run(d) for d in run_dirs}
+    has_hellaswag = any("hellaswag_acc" in r for rows, _ in runs.values() for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_hellaswag else 1, figsize=(13 if has_hellaswag else 7, 4.5),
+                             squeeze=False)
+    loss_ax = axes[0][0]
+    for i, (name, (rows, tokens_per_step)) in enumerate(runs.items()):
+        color = f"C{i}"
+        train = [(r["step"] * tokens_per_step, r["loss"]) for r in rows if r.get("loss") is not None]
+        val = [(r["step"] * tokens_per_step, r["val_loss"]) for r in rows if "val_loss" in r]
+        if train:
+            loss_ax.plot(*zip(*train), color=color, alpha=0.4, lw=1, label=f"{name} train")
+        if val:
+            loss_ax.plot(*zip(*val), color=color, lw=2, marker="o", ms=3, label=f"{name} val")
+        skips, previous = [], 0
+        for r in rows:
+            if r.get("skipped", 0) > previous:
+                skips.append((r["step"] * tokens_per_step, r["loss"]))
+                previous = r["skipped"]
+        if skips:
+            loss_ax.scatter(*zip(*skips), color="red", marker="x", zorder=3,
+                            label=f"{name} skipped updates")
+    loss_ax.set(xlabel="tokens", ylabel="loss", title="loss")
+    loss_ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8)
+    if has_hellaswag:
+        hs_ax = axes[0][1]
+        for i, (name, (rows, tokens_per_step)) in enumerate(runs.items()):
+            points = [(r["step"] * tokens_per_step, r["hellaswag_acc"])
+                      for r in rows if "hellaswag_acc" in r]
+            if points:
+                hs_ax.plot(*zip(*points), color=f"C{i}", lw=2, marker="o", ms=3, label=name)
+        for j, (label, acc) in enumerate(HELLASWAG_BASELINES.items()):
+            hs_ax.axhline(acc, color=f"C{7 + j}", ls="--", label=f"{label} ({acc:.1%})")
+        hs_ax.set(xlabel="tokens", ylabel="accuracy (acc_norm)", title="HellaSwag")
+        hs_ax.grid(alpha=0.3)
+        hs_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gpt2_jax.plot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", help="run directories (workdirs)")
+    parser.add_argument("--out", default="curves.png", help="PNG file to write")
+    args = parser.parse_args(argv)
+    plot_runs(args.run_dirs, args.out)
+
+
+if __name__ == "__main__":
+    main()
