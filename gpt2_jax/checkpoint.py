@@ -8,6 +8,7 @@ while the arrays are copied off the devices.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from gpt2_jax.config import ConfigError
+
+# Opening a checkpoint directory read-only makes orbax warn about the options it overrides.
+logging.getLogger("absl").addFilter(lambda record: "read_only" not in record.getMessage()
+                                    and "directory is read only" not in record.getMessage())
 
 # Keys that fix the train state's shapes: a checkpoint and the config resuming it must agree.
 SHAPE_KEYS = ("model.n_layer", "model.n_head", "model.n_embd", "model.vocab_size",
@@ -74,6 +79,20 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def restore_params(directory: str | Path, step: int, abstract_params: Any) -> Any:
+    """Only the params of a checkpoint (not the optimizer state), laid out as `abstract_params`
+    says: evaluation, sampling and fine-tuning need a third of the memory a full restore does."""
+    manager = ocp.CheckpointManager(
+        Path(directory).absolute(), options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    target = {"params": abstract_params}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)))
+    manager.close()
+    return restored.state["params"]
 
 
 def check_same_model(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:

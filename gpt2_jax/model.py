@@ -89,6 +89,7 @@ class Projection(nn.Module):
 
 class CausalSelfAttention(nn.Module):
     config: GPTConfig
+    decode: bool = False  # keep keys/values of earlier positions in the "cache" collection
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
@@ -100,10 +101,29 @@ class CausalSelfAttention(nn.Module):
         qkv_BxTx3xHxK = nn.with_logical_constraint(
             qkv_BxTx3xHxK, ("batch", "length", None, "heads", "kv"))
         q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
-        y_BxTxHxK = jax.nn.dot_product_attention(
-            q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation=cfg.attention)
+        if self.decode:
+            y_BxTxHxK = self._attend_with_cache(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
+        else:
+            y_BxTxHxK = jax.nn.dot_product_attention(
+                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation=cfg.attention)
         return Projection((cfg.n_embd,), ("heads", "kv", "embed"), _residual_std(cfg), cfg.dtype,
                           n_in=2, name="c_proj")(y_BxTxHxK)
+
+
+    def _attend_with_cache(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+        """Append this call's keys/values at the cache's position, attend over all of them."""
+        B, T, H, K = q_BxTxHxK.shape
+        S = self.config.block_size
+        cached_k = self.variable("cache", "key", jnp.zeros, (B, S, H, K), k_BxTxHxK.dtype)
+        cached_v = self.variable("cache", "value", jnp.zeros, (B, S, H, K), v_BxTxHxK.dtype)
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        start = index.value
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxK, (0, start, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, start, 0, 0))
+        index.value = start + T
+        visible_TxS = jnp.arange(S)[None, :] <= (start + jnp.arange(T))[:, None]
+        return jax.nn.dot_product_attention(q_BxTxHxK, cached_k.value, cached_v.value,
+                                            mask=visible_TxS[None, None], implementation="xla")
 
 
 class MLP(nn.Module):
@@ -124,10 +144,11 @@ class Block(nn.Module):
     """Pre-LayerNorm transformer block; the (carry, None) signature is what nn.scan wants."""
 
     config: GPTConfig
+    decode: bool = False
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, _) -> tuple[jax.Array, None]:
-        x_BxTxD = x_BxTxD + CausalSelfAttention(self.config, name="attn")(
+        x_BxTxD = x_BxTxD + CausalSelfAttention(self.config, self.decode, name="attn")(
             _layer_norm(self.config, "ln_1")(x_BxTxD))
         x_BxTxD = x_BxTxD + MLP(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x_BxTxD))
         # Recorded only when "intermediates" is mutable (health.py); otherwise a no-op.
@@ -184,6 +205,9 @@ def cross_entropy(h_NxD: jax.Array, wte_VxD: jax.Array, targets_N: jax.Array,
 
 class GPT(nn.Module):
     config: GPTConfig
+    # Decoding mode: each call continues the sequence held in the "cache" collection (keys and
+    # values of every layer, and the position), so a new token costs one position, not T.
+    decode: bool = False
 
     def setup(self):
         cfg = self.config
@@ -195,11 +219,13 @@ class GPT(nn.Module):
         # with depth (48 layers compile like 1).
         self.h = nn.scan(
             _remat(Block, cfg.remat),
-            variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-            length=cfg.n_layer,
+            variable_axes={"params": 0, "intermediates": 0, "cache": 0},
+            split_rngs={"params": True}, length=cfg.n_layer,
             metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg)
+        )(cfg, self.decode)
         self.ln_f = _layer_norm(cfg, "ln_f")
+        if self.decode:
+            self.position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
 
     def hidden_states(self, tokens_BxT: jax.Array) -> jax.Array:
         """Final-LayerNorm output, (B, T, D) in the compute dtype."""
@@ -207,7 +233,11 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds model.block_size "
                              f"{self.config.block_size}")
-        x_BxTxD = self.wte(tokens_BxT) + self.wpe(jnp.arange(T))
+        start = 0
+        if self.decode:
+            start = self.position.value
+            self.position.value = start + T
+        x_BxTxD = self.wte(tokens_BxT) + self.wpe(start + jnp.arange(T))
         x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
         x_BxTxD, _ = self.h(x_BxTxD, None)
         return self.ln_f(x_BxTxD)

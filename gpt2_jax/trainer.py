@@ -17,7 +17,7 @@ import numpy as np
 
 from gpt2_jax import metrics, sharding, tokenizer
 from gpt2_jax.health import health_line, make_health_fn
-from gpt2_jax.checkpoint import Checkpointer, check_same_model
+from gpt2_jax.checkpoint import Checkpointer, check_same_model, restore_params
 from gpt2_jax.config import ConfigError, model_config
 from gpt2_jax.data import pipeline
 from gpt2_jax.data.shakespeare import prepare_shakespeare
@@ -99,7 +99,7 @@ def truncate_metrics(workdir: Path, last_step: int) -> None:
         path.write_text("".join(row + "\n" for row in rows))
 
 
-def restore_params_from(path: str, abstract_state, c: ml_collections.ConfigDict):
+def restore_params_from(path: str, abstract_params, c: ml_collections.ConfigDict):
     """Params of the newest checkpoint of another run (a workdir or its checkpoints/)."""
     directory = Path(path)
     if (directory / "checkpoints").is_dir():
@@ -109,9 +109,8 @@ def restore_params_from(path: str, abstract_state, c: ml_collections.ConfigDict)
     if step is None:
         raise ConfigError(f"train.init_from: no checkpoint in {directory}")
     check_same_model(source.saved_config(step), c, str(directory))
-    state, _, _ = source.restore(step, abstract_state)
     source.close()
-    return state.params, f"{directory} step {step}"
+    return restore_params(directory, step, abstract_params), f"{directory} step {step}"
 
 
 class TrainingDiverged(RuntimeError):
@@ -164,9 +163,9 @@ class StepLog:
                         "mfu": mfu, "skipped": int(values["skipped"]),
                         "loss_zscore": values["loss_zscore"], "grad_zscore": values["grad_zscore"]})
         if values["skipped"] > self.skipped:
-            self.say(f"step {step}: skipped {int(values['skipped']) - self.skipped} update(s) so far "
-                     f"unseen (loss {values['loss']:.4f}, z {values['loss_zscore']:.1f}; grad norm "
-                     f"{values['grad_norm']:.4f}, z {values['grad_zscore']:.1f})")
+            self.say(f"step {step}: the guard skipped {int(values['skipped']) - self.skipped} "
+                     f"update(s) since the last line (loss or grad-norm z-score over its threshold, "
+                     f"or non-finite); {int(values['skipped'])} in all")
             self.skipped = int(values["skipped"])
         if values["bad_streak"] >= self.max_bad_steps:
             raise TrainingDiverged(
@@ -247,7 +246,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         else:
             state = create_train_state(model, tx, shardings, t.seed, guard_window=window)
             if t.init_from:
-                params, source = restore_params_from(t.init_from, abstract_state, c)
+                params, source = restore_params_from(t.init_from, abstract_state.params, c)
                 state = state.replace(params=params)
                 say(f"initialized weights from {source} (fresh optimizer state)")
 

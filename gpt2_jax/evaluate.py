@@ -1,0 +1,115 @@
+"""Evaluate a trained run: `python -m gpt2_jax.evaluate --workdir DIR [--step N] [...]`.
+
+Restores the checkpoint on whatever devices are present, then reports the validation loss on the
+run's val shards, HellaSwag accuracy (acc_norm, llm.c's scoring) and a few samples. The results are
+appended to the run's metrics.jsonl as an eval row, or written to --report as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from gpt2_jax import hellaswag, sharding, tokenizer
+from gpt2_jax.config import ConfigError
+from gpt2_jax.data import pipeline
+from gpt2_jax.data.shards import ShardError
+from gpt2_jax.inference import Trained, load_trained
+from gpt2_jax.metrics import MetricsLog
+from gpt2_jax.sample import decode_samples
+from gpt2_jax.sampling import generate
+from gpt2_jax.train_step import make_eval_step
+from gpt2_jax.trainer import data_files
+
+
+def validation_loss(trained: Trained, workdir: Path, max_batches: int) -> float:
+    """Mean loss over the first `max_batches` batches of the run's validation shards."""
+    c = trained.config
+    _, val_files = data_files(c, workdir)
+    local_batch = c.train.micro_batch_size * sharding.batch_parallelism(trained.mesh)
+    batches = pipeline.eval_batches(val_files, seq_len=c.train.seq_len,
+                                    local_batch=local_batch // jax.process_count(),
+                                    max_batches=max_batches)
+    eval_step = make_eval_step(trained.model, trained.mesh, c.train.loss_chunk_size)
+    batch_sharding = sharding.eval_batch_sharding(trained.mesh)
+    with jax.set_mesh(trained.mesh):
+        losses = [eval_step(trained.params, sharding.to_global_array(b, batch_sharding))
+                  for b in batches]
+    return float(np.mean(jax.device_get(losses)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gpt2_jax.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="the training run's directory")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    parser.add_argument("--val_batches", type=int, default=None,
+                        help="validation batches (default: the run's train.eval_steps)")
+    parser.add_argument("--hellaswag", default=None,
+                        help="path of hellaswag_val.jsonl (default: cached copy, else download)")
+    parser.add_argument("--no_hellaswag", action="store_true", help="skip HellaSwag")
+    parser.add_argument("--hellaswag_limit", type=int, default=None,
+                        help="score only the first N examples (default: all 10,042)")
+    parser.add_argument("--samples", type=int, default=2, help="samples to print (0 = none)")
+    parser.add_argument("--report", default=None,
+                        help="write the results as JSON here instead of appending to metrics.jsonl")
+    args = parser.parse_args(argv)
+
+    workdir = Path(args.workdir)
+    try:
+        trained = load_trained(workdir, args.step)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    c = trained.config
+    results: dict = {"step": trained.step}
+    print(f"evaluating {workdir} at step {trained.step} on {jax.device_count()} x "
+          f"{jax.devices()[0].device_kind}")
+
+    if c.data.source == "synthetic":
+        print("val loss: skipped (the run trained on synthetic tokens)")
+    else:
+        try:
+            results["val_loss"] = validation_loss(trained, workdir,
+                                                  args.val_batches or c.train.eval_steps)
+        except ShardError as e:
+            sys.exit(f"error: {e}")
+        print(f"val loss: {results['val_loss']:.4f}")
+
+    if not args.no_hellaswag:
+        try:
+            path = hellaswag.find_or_download(args.hellaswag)
+        except hellaswag.HellaSwagUnavailable as e:
+            if args.hellaswag:
+                sys.exit(f"error: {e}")
+            print(f"HellaSwag: skipped: {e}")
+        else:
+            examples = list(hellaswag.read_examples(path))[:args.hellaswag_limit]
+            with jax.set_mesh(trained.mesh):
+                results.update(hellaswag.evaluate(trained.model, trained.params, examples))
+            print(f"HellaSwag: acc_norm {results['hellaswag_acc']:.4f}, acc "
+                  f"{results['hellaswag_acc_unnormalized']:.4f} on {len(examples)} examples")
+
+    if args.samples:
+        prompt = [tokenizer.EOT_TOKEN]
+        tokens = generate(trained.model, jax.device_get(trained.params), prompt,
+                          min(64, c.model.block_size - 1), num_samples=args.samples, top_k=200)
+        for i, text in enumerate(decode_samples(tokens, 1, stop_at_eot=True)):
+            print(f"--- sample {i + 1}\n{text}")
+
+    if args.report:
+        Path(args.report).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.report}")
+    elif jax.process_index() == 0:
+        log = MetricsLog(workdir, tensorboard=bool(c.train.tensorboard))
+        log.write(results)
+        log.close()
+        print(f"appended the eval row to {workdir / 'metrics.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()

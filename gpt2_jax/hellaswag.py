@@ -1,0 +1,114 @@
+"""HellaSwag scored as llm.c's dev/data/hellaswag.py does (completion style).
+
+Each example is a context and four endings. Every ending is scored by the model's loss on the
+ending's tokens given the context: `acc` picks the smallest summed loss, `acc_norm` the smallest
+mean loss per token (the figure llm.c and our baselines report). The 10,042 validation examples
+come from the HellaSwag repository's data/hellaswag_val.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt2_jax import sharding, tokenizer
+from gpt2_jax.model import GPT
+
+URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+CACHE = Path(os.environ.get("GPT2_JAX_CACHE", "~/.cache/gpt2_jax")).expanduser()
+
+
+class HellaSwagUnavailable(RuntimeError):
+    """No local copy and no way to download one."""
+
+
+def find_or_download(path: str | None = None) -> Path:
+    """A local copy of hellaswag_val.jsonl: `path`, the cache, or a one-time download."""
+    if path:
+        if not Path(path).is_file():
+            raise HellaSwagUnavailable(f"--hellaswag {path}: no such file")
+        return Path(path)
+    cached = CACHE / "hellaswag_val.jsonl"
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(URL, timeout=30) as response:
+                data = response.read()
+        except OSError as e:
+            raise HellaSwagUnavailable(
+                f"cannot download {URL} ({e}); offline, pass --hellaswag PATH to a copy of "
+                f"hellaswag_val.jsonl or place one at {cached}") from None
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(cached)
+    return cached
+
+
+def read_examples(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def render(example: dict) -> tuple[list[list[int]], list[int], int]:
+    """(4 token rows: context + ending, the context length, the correct ending's index)."""
+    context = tokenizer.encode(example["ctx"])
+    rows = [context + tokenizer.encode(" " + ending) for ending in example["endings"]]
+    return rows, len(context), int(example["label"])
+
+
+def _ending_losses_fn(model: GPT):
+    """(params, tokens[R, L], ending mask[R, L]) -> (summed, mean) ending loss per row."""
+
+    @jax.jit
+    def losses(params, tokens_RxL, mask_RxL):
+        with sharding.axis_rules():
+            logits_RxLxV = model.apply({"params": params}, tokens_RxL[:, :-1])
+        log_probs = jax.nn.log_softmax(logits_RxLxV, axis=-1)
+        token_loss_RxL = -jnp.take_along_axis(log_probs, tokens_RxL[:, 1:, None], axis=-1)[..., 0]
+        mask_RxL = mask_RxL[:, 1:]  # a token is scored where it is the *target*
+        summed_R = jnp.sum(token_loss_RxL * mask_RxL, axis=1)
+        return summed_R, summed_R / jnp.sum(mask_RxL, axis=1)
+
+    return losses
+
+
+def score(model: GPT, params, examples: list[dict],
+          batch_examples: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Summed and mean ending loss, each (examples, 4). Rows are padded to the batch's longest
+    in buckets of 32 tokens, so only a few shapes compile."""
+    losses = _ending_losses_fn(model)
+    summed_all, mean_all = [], []
+    for start in range(0, len(examples), batch_examples):
+        batch = [render(e) for e in examples[start:start + batch_examples]]
+        longest = max(len(row) for rows, _, _ in batch for row in rows)
+        length = min(-(-longest // 32) * 32, model.config.block_size + 1)
+        tokens = np.zeros((4 * batch_examples, length), np.int32)
+        mask = np.zeros((4 * batch_examples, length), np.float32)
+        mask[len(batch) * 4:, -1] = 1.0  # unused padding rows: keep their mean finite
+        for i, (rows, context_len, _) in enumerate(batch):
+            for j, row in enumerate(rows):
+                cut = max(len(row) - length, 0)  # over-long rows keep their ending
+                tokens[4 * i + j, :len(row) - cut] = row[cut:]
+                mask[4 * i + j, max(context_len - cut, 1):len(row) - cut] = 1.0
+        summed, mean = jax.device_get(losses(params, tokens, mask))
+        summed_all.append(summed[:4 * len(batch)].reshape(-1, 4))
+        mean_all.append(mean[:4 * len(batch)].reshape(-1, 4))
+    return np.concatenate(summed_all), np.concatenate(mean_all)
+
+
+def evaluate(model: GPT, params, examples: list[dict], batch_examples: int = 16) -> dict:
+    """acc_norm (as `hellaswag_acc`, the figure llm.c reports) and acc over `examples`."""
+    summed, mean = score(model, params, examples, batch_examples)
+    labels = np.array([int(e["label"]) for e in examples])
+    return {"hellaswag_acc": float(np.mean(np.argmin(mean, axis=1) == labels)),
+            "hellaswag_acc_unnormalized": float(np.mean(np.argmin(summed, axis=1) == labels)),
+            "hellaswag_examples": len(examples)}
