@@ -2,7 +2,7 @@
 
     python -m gpt2_jax.bench --config configs/gpt2_124m.py [--config.KEY=VALUE ...]
         [--variant="--config.model.remat=full" ...] [--steps 10] [--warmup 3]
-        [--results BENCHMARKS.md]
+        [--results BENCHMARKS.md] [--profile DIR]
 
 Each --variant adds overrides on top of the common ones and is measured in turn in one process
 (one row each); without --variant the config is measured as given. The tokens are made on the
@@ -16,6 +16,7 @@ import datetime
 import math
 import shlex
 import time
+from pathlib import Path
 
 import jax
 
@@ -28,7 +29,30 @@ from gpt2_jax.train_step import create_train_state, jit_train_step, make_train_s
 from gpt2_jax.trainer import BatchLayout
 
 
-def measure(c, steps: int, warmup: int) -> dict:
+def kernel_summary(trace_dir: str, top: int = 25) -> str:
+    """The device's busiest kernels in a jax.profiler trace: total time, share, count, name."""
+    totals: dict[str, list] = {}
+    for path in Path(trace_dir).rglob("*.xplane.pb"):
+        for plane in jax.profiler.ProfileData.from_file(str(path)).planes:
+            if not plane.name.startswith("/device:"):
+                continue
+            for line in plane.lines:
+                if not line.name.startswith("Stream"):  # kernels; "XLA Ops" would count twice
+                    continue
+                for event in line.events:
+                    entry = totals.setdefault(event.name, [0.0, 0])
+                    entry[0] += event.duration_ns
+                    entry[1] += 1
+    if not totals:
+        return "no device kernels in the trace"
+    total = sum(ns for ns, _ in totals.values())
+    rows = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    return "\n".join([f"{'ms':>9} {'share':>6} {'count':>6}  kernel"] + [
+        f"{ns / 1e6:9.2f} {100 * ns / total:5.1f}% {count:6d}  {name[:110]}"
+        for name, (ns, count) in rows])
+
+
+def measure(c, steps: int, warmup: int, profile_dir: str | None = None) -> dict:
     """Compile and time the train step of config `c` on all devices."""
     mesh = sharding.make_mesh(c.mesh)
     layout = BatchLayout.from_config(c, mesh)
@@ -55,6 +79,11 @@ def measure(c, steps: int, warmup: int) -> dict:
             state, step_metrics = compiled(state, batch)
         jax.block_until_ready((state, step_metrics))
         step_seconds = (time.perf_counter() - started) / steps
+        if profile_dir:
+            with jax.profiler.trace(profile_dir):
+                for _ in range(2):
+                    state, step_metrics = compiled(state, batch)
+                jax.block_until_ready((state, step_metrics))
     n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
     tokens_per_sec = c.train.total_batch_size / step_seconds
     flops = flops_per_token(model.config, n_params, c.train.seq_len) * tokens_per_sec
@@ -104,12 +133,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--results", help="append the rows to this markdown file")
+    parser.add_argument("--profile", help="also trace 2 steps into this directory and print the "
+                        "busiest device kernels")
     args, overrides = parser.parse_known_args(argv)
     rows = []
     for variant in args.variant or [""]:
         variant_overrides = [*overrides, *shlex.split(variant)]
         config = load_config(args.config, variant_overrides)
-        r = measure(config, args.steps, args.warmup)
+        profile_dir = args.profile and str(Path(args.profile) / f"variant{len(rows)}")
+        r = measure(config, args.steps, args.warmup, profile_dir)
+        if profile_dir:
+            print(kernel_summary(profile_dir), flush=True)
         command = " ".join(["python -m gpt2_jax.bench --config", args.config, *variant_overrides,
                             f"--steps {args.steps} --warmup {args.warmup}"])
         rows.append(result_row(args.config.split("/")[-1].removesuffix(".py"),
