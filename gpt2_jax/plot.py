@@ -33,7 +33,7 @@ def read_run(run_dir: str | Path) -> tuple[list[dict], int]:
 
 
 def plot_runs(run_dirs: list[str], out: str) -> None:
-    runs = {str(d): read_run(d) for d in run_dirs}
+    runs = {Path(d).name or str(d): read_run(d) for d in run_dirs}
     has_hellaswag = any("hellaswag_acc" in r for rows, _ in runs.values() for r in rows)
     fig, axes = plt.subplots(1, 2 if has_hellaswag else 1, figsize=(13 if has_hellaswag else 7, 4.5),
                              squeeze=False)
