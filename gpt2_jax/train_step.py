@@ -95,7 +95,7 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: opta
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             grad_sum, losses_A = jax.lax.scan(micro_step, zeros, tokens_AxBxT1)
         grads = jax.tree.map(lambda g: g / tokens_AxBxT1.shape[0], grad_sum)
-        loss, grad_norm = jnp.mean(losses_A), optax.global_norm(grads)
+        loss, grad_norm = jnp.mean(losses_A), optax.tree.norm(grads)
         skip, guard, guard_metrics = stability.assess(state.guard, loss, grad_norm,
                                                       loss_zscore, grad_zscore)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
