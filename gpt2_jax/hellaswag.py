@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from gpt2_jax import sharding, tokenizer
 from gpt2_jax.model import GPT
@@ -87,7 +88,8 @@ def score(model: GPT, params, examples: list[dict],
     in buckets of 32 tokens, so only a few shapes compile."""
     losses = _ending_losses_fn(model)
     summed_all, mean_all = [], []
-    for start in range(0, len(examples), batch_examples):
+    starts = range(0, len(examples), batch_examples)
+    for start in tqdm(starts, desc="HellaSwag", unit="batch", disable=len(starts) < 10):
         batch = [render(e) for e in examples[start:start + batch_examples]]
         longest = max(len(row) for rows, _, _ in batch for row in rows)
         length = min(-(-longest // 32) * 32, model.config.block_size + 1)

@@ -172,6 +172,7 @@ def prepare(documents: Iterable[str], out_dir: str | Path, name: str, source: di
             bar.set_postfix(docs=doc_index + 1, tokens=f"{n_tokens:,}", shards=state["shards"],
                             refresh=False)
     writer.close()
+    bar.total = bar.n  # the input's size was an estimate (JSON/parquet overhead): end at 100%
     bar.close()
     print(f"{out_dir}: {state['shards']} shards", file=sys.stderr)
     return state
