@@ -18,11 +18,13 @@ def _rms_per_layer(x_LxN: jax.Array) -> jax.Array:
 
 
 def make_health_fn(model: GPT) -> Callable:
-    """(params, tokens[B, T+1]) -> per-layer residual RMS, per-layer RMS of each block weight,
-    embedding RMS and the largest |logit| over the real vocabulary (jitted)."""
+    """(params, tokens[..., T+1]) -> per-layer residual RMS, per-layer RMS of each block weight,
+    embedding RMS and the largest |logit| over the real vocabulary, on the batch's first 4
+    sequences (jitted; the slicing happens inside, so a multi-host batch works as it is)."""
 
     @jax.jit
-    def health(params, tokens_BxT1):
+    def health(params, tokens_xT1):
+        tokens_BxT1 = tokens_xT1.reshape(-1, tokens_xT1.shape[-1])[:4]
         with sharding.axis_rules():
             logits_BxTxV, variables = model.apply({"params": params}, tokens_BxT1[:, :-1],
                                                   mutable=["intermediates"])

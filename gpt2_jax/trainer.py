@@ -289,7 +289,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                 "(written in the background)")
 
         def report_health(step: int, batch) -> None:
-            report = jax.device_get(health(state.params, batch[0, :4]))
+            report = jax.device_get(health(state.params, batch))
             say(health_line(step, report))
             log.write({"step": step, **report})
 
