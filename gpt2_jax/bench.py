@@ -21,11 +21,10 @@ from pathlib import Path
 import jax
 
 from gpt2_jax import metrics, sharding
-from gpt2_jax.config import DEFAULT_CONFIG_PATH, load_config, model_config
-from gpt2_jax.model import GPT, flops_per_token
-from gpt2_jax.optim import lr_schedule, make_optimizer
+from gpt2_jax.config import DEFAULT_CONFIG_PATH, load_config
+from gpt2_jax.model import flops_per_token
 from gpt2_jax.tokenizer import VOCAB_SIZE
-from gpt2_jax.train_step import create_train_state, jit_train_step, make_train_step, state_shardings
+from gpt2_jax.train_step import build_training
 from gpt2_jax.trainer import BatchLayout
 
 
@@ -56,20 +55,15 @@ def measure(c, steps: int, warmup: int, profile_dir: str | None = None) -> dict:
     """Compile and time the train step of config `c` on all devices."""
     mesh = sharding.make_mesh(c.mesh)
     layout = BatchLayout.from_config(c, mesh)
-    model = GPT(model_config(c))
-    tx = make_optimizer(c.optim, c.train.max_steps)
     with jax.set_mesh(mesh):
-        window = c.stability.window
-        shardings = state_shardings(model, tx, mesh, zero1=c.mesh.zero1, guard_window=window)
-        state = create_train_state(model, tx, shardings, c.train.seed, guard_window=window)
+        training = build_training(c, mesh)
+        model = training.model
+        state = training.init_state(c.train.seed)
         shape = (layout.accum_steps, layout.global_micro_batch, c.train.seq_len + 1)
         batch = jax.jit(lambda key: jax.random.randint(key, shape, 0, VOCAB_SIZE),
                         out_shardings=sharding.batch_sharding(mesh))(jax.random.key(1))
-        step = jit_train_step(make_train_step(
-            model, tx, lr_schedule(c.optim, c.train.max_steps), c.train.loss_chunk_size,
-            c.stability.loss_zscore, c.stability.grad_zscore), shardings, mesh)
         started = time.perf_counter()
-        compiled = step.lower(state, batch).compile()
+        compiled = training.train_step.lower(state, batch).compile()
         compile_seconds = time.perf_counter() - started
         for _ in range(warmup):
             state, step_metrics = compiled(state, batch)

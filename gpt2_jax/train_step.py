@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -12,7 +13,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gpt2_jax import sharding, stability
+from gpt2_jax.config import model_config
 from gpt2_jax.model import GPT
+from gpt2_jax.optim import lr_schedule, make_optimizer
 
 
 @flax.struct.dataclass
@@ -126,3 +129,34 @@ def make_eval_step(model: GPT, mesh: Mesh, loss_chunk_size: int) -> Callable:
                                loss_chunk_size, method=GPT.loss)
 
     return jax.jit(eval_step, in_shardings=(None, sharding.eval_batch_sharding(mesh)))
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """The model, optimizer, state shardings and jitted step of one config on one mesh: built
+    one way for the trainer, the bench and the tests."""
+
+    model: GPT
+    tx: optax.GradientTransformation
+    shardings: TrainState  # of every leaf of the state
+    train_step: Callable  # jitted (state, tokens[accum, batch, T+1]) -> (state, metrics)
+    guard_window: int
+
+    def init_state(self, seed: int) -> TrainState:
+        return create_train_state(self.model, self.tx, self.shardings, seed, self.guard_window)
+
+    def abstract_state(self) -> TrainState:
+        return abstract_train_state(self.model, self.tx, self.shardings, self.guard_window)
+
+
+def build_training(c, mesh: Mesh, tx: optax.GradientTransformation | None = None) -> Training:
+    """Everything the train step of config `c` needs on `mesh` (`tx` replaces AdamW, for tests)."""
+    model = GPT(model_config(c))
+    tx = tx or make_optimizer(c.optim, c.train.max_steps)
+    window = c.stability.window
+    shardings = state_shardings(model, tx, mesh, window, zero1=c.mesh.zero1)
+    step = make_train_step(model, tx, lr_schedule(c.optim, c.train.max_steps),
+                           c.train.loss_chunk_size, c.stability.loss_zscore,
+                           c.stability.grad_zscore)
+    return Training(model, tx, shardings, jit_train_step(step, shardings, mesh), window)

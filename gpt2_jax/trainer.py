@@ -18,15 +18,13 @@ import numpy as np
 from gpt2_jax import metrics, sharding, tokenizer
 from gpt2_jax.health import health_line, make_health_fn
 from gpt2_jax.checkpoint import Checkpointer, check_same_model, restore_params
-from gpt2_jax.config import ConfigError, model_config
+from gpt2_jax.config import ConfigError
 from gpt2_jax.data import pipeline
 from gpt2_jax.data.shakespeare import prepare_shakespeare
 from gpt2_jax.data.shards import find_shards
-from gpt2_jax.model import GPT, flops_per_token
-from gpt2_jax.optim import lr_schedule, make_optimizer
+from gpt2_jax.model import flops_per_token
 from gpt2_jax.sampling import generate
-from gpt2_jax.train_step import (abstract_train_state, create_train_state, jit_train_step,
-                                 make_eval_step, make_train_step, state_shardings)
+from gpt2_jax.train_step import build_training, make_eval_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,8 +219,6 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
 
     mesh = sharding.make_mesh(c.mesh)
     layout = BatchLayout.from_config(c, mesh)
-    model = GPT(model_config(c))
-    tx = make_optimizer(c.optim, t.max_steps)
     train_batches, val_batches = make_data(c, workdir, layout, say)
 
     if not t.resume:
@@ -233,9 +229,9 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         say(f"skipping incomplete checkpoint {path} (interrupted while being written)")
 
     with jax.set_mesh(mesh):
-        window = c.stability.window
-        shardings = state_shardings(model, tx, mesh, zero1=c.mesh.zero1, guard_window=window)
-        abstract_state = abstract_train_state(model, tx, shardings, guard_window=window)
+        training = build_training(c, mesh)
+        model, train_step = training.model, training.train_step
+        abstract_state = training.abstract_state()
         start_step = ckpt.latest_step() or 0
         if start_step:
             check_same_model(ckpt.saved_config(start_step), c, str(ckpt.directory))
@@ -244,16 +240,13 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
             truncate_metrics(workdir, start_step)
             say(f"resumed from checkpoint step {start_step} in {ckpt.directory}")
         else:
-            state = create_train_state(model, tx, shardings, t.seed, guard_window=window)
+            state = training.init_state(t.seed)
             if t.init_from:
                 params, source = restore_params_from(t.init_from, abstract_state.params, c)
                 state = state.replace(params=params)
                 say(f"initialized weights from {source} (fresh optimizer state)")
 
         n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
-        train_step = jit_train_step(make_train_step(
-            model, tx, lr_schedule(c.optim, t.max_steps), t.loss_chunk_size,
-            c.stability.loss_zscore, c.stability.grad_zscore), shardings, mesh)
         health = make_health_fn(model)
         eval_step = make_eval_step(model, mesh, t.loss_chunk_size)
         say(f"model: {model.config.n_layer} layers, {model.config.n_head} heads, "

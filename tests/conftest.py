@@ -32,26 +32,18 @@ def tiny_config():
 
 def run_steps(c, mesh, tx, batches):
     """Train from a fresh state over `batches` (each (accum, batch, T + 1) numpy) on `mesh`;
-    returns (final state on the host, per-step metrics)."""
+    returns (final state on the devices, the same on the host, per-step metrics)."""
     import jax
 
     from gpt2_jax import sharding
-    from gpt2_jax.config import model_config
-    from gpt2_jax.model import GPT
-    from gpt2_jax.optim import lr_schedule
-    from gpt2_jax.train_step import (create_train_state, jit_train_step, make_train_step,
-                                     state_shardings)
+    from gpt2_jax.train_step import build_training
 
-    model = GPT(model_config(c))
-    schedule = lr_schedule(c.optim, c.train.max_steps)
     with jax.set_mesh(mesh):
-        window = c.stability.window
-        shardings = state_shardings(model, tx, mesh, zero1=c.mesh.zero1, guard_window=window)
-        state = create_train_state(model, tx, shardings, seed=0, guard_window=window)
-        step = jit_train_step(make_train_step(model, tx, schedule, 0, c.stability.loss_zscore,
-                                              c.stability.grad_zscore), shardings, mesh)
+        training = build_training(c, mesh, tx)
+        state = training.init_state(seed=0)
         history = []
         for batch in batches:
-            state, metrics = step(state, sharding.to_global_array(batch, sharding.batch_sharding(mesh)))
+            global_batch = sharding.to_global_array(batch, sharding.batch_sharding(mesh))
+            state, metrics = training.train_step(state, global_batch)
             history.append(jax.device_get(metrics))
         return state, jax.device_get(state), history

@@ -207,3 +207,11 @@ def test_interrupted_prepare_resumes_without_redoing_finished_shards(tmp_path, m
     written.clear()
     prep.prepare(iter(docs), tmp_path / "part", "x", source, shard_size=32, workers=1)
     assert written == []
+
+
+def test_prepare_command_names_a_bad_line(tmp_path):
+    lines = [json.dumps({"text": "word " * 30})] * 4 + ['{"body": "no text"}']
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit, match=r"bad\.jsonl:5: not a JSON object with a 'text' field"):
+        prep.main(["files", "--input", str(tmp_path / "*.jsonl"), "--out", str(tmp_path / "out"),
+                   "--shard_size", "40", "--workers", "1"])

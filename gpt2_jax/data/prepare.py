@@ -212,8 +212,11 @@ def main(argv: list[str] | None = None) -> None:
         source = {"files": paths, "text_field": args.text_field}
         documents = read_local_documents(paths, args.text_field)
         total, unit = sum(os.path.getsize(p) for p in paths), "bytes"
-    prepare(documents, args.out, name, source, shard_size=args.shard_size, workers=args.workers,
-            progress_total=total, progress_unit=unit)
+    try:
+        prepare(documents, args.out, name, source, shard_size=args.shard_size,
+                workers=args.workers, progress_total=total, progress_unit=unit)
+    except ValueError as e:  # unreadable input: name the file and line, keep finished shards
+        sys.exit(f"error: {e}; shards finished so far are kept, and a rerun resumes after them")
 
 
 if __name__ == "__main__":

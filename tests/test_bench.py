@@ -1,0 +1,24 @@
+"""The benchmark commands stay alive on CPU (their GPU figures are in BENCHMARKS.md)."""
+
+from gpt2_jax import bench
+from gpt2_jax.data import bench as data_bench
+
+
+def test_train_bench_measures_and_appends_rows(tmp_path, capsys):
+    results = tmp_path / "rows.md"
+    bench.main(["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
+                "--config.train.seq_len=16", "--config.train.micro_batch_size=1",
+                "--config.train.total_batch_size=128", "--config.mesh.data=-1",
+                "--steps", "1", "--warmup", "1", "--variant=", "--variant=--config.model.remat=full",
+                "--results", str(results)])
+    rows = results.read_text().splitlines()
+    assert len(rows) == 2 and "model.remat=full" in rows[1]
+    assert all(r.startswith("| ") and "tok/s" not in r for r in rows)
+    assert capsys.readouterr().out.count("tok/s") == 2
+
+
+def test_data_bench_reports_tokens_per_second(capsys):
+    data_bench.main(["--shard_tokens", "200000", "--seq_len", "64", "--batch", "4", "--accum", "2",
+                     "--threads", "1", "--seconds", "0.5"])
+    rate = float(capsys.readouterr().out.split(" tokens/s")[0].replace(",", ""))
+    assert rate > 0
