@@ -15,6 +15,7 @@ def get_config():
     c.optim.lr = 2.5e-4
     c.optim.warmup_steps = 700
     c.optim.final_lr_frac = 0.0
+    c.train.hellaswag_every = 250  # with every val-loss eval, as llm.c -h 1
     c.data.train_files = "data/fineweb100B/fineweb_train_*.bin"
     c.data.val_files = "data/fineweb100B/fineweb_val_*.bin"
     return c

@@ -21,9 +21,11 @@ from gpt2_jax.config import ConfigError
 logging.getLogger("absl").addFilter(lambda record: "read_only" not in record.getMessage()
                                     and "directory is read only" not in record.getMessage())
 
-# Keys that fix the train state's shapes: a checkpoint and the config resuming it must agree.
-SHAPE_KEYS = ("model.n_layer", "model.n_head", "model.n_embd", "model.vocab_size",
-              "model.block_size", "stability.window")
+# Keys that fix the params' shapes: a checkpoint and a config taking its weights must agree.
+MODEL_SHAPE_KEYS = ("model.n_layer", "model.n_head", "model.n_embd", "model.vocab_size",
+                    "model.block_size")
+# ... and the whole train state's: a checkpoint and the config resuming it must agree.
+SHAPE_KEYS = (*MODEL_SHAPE_KEYS, "stability.window")
 
 
 def incomplete_checkpoints(directory: Path) -> list[Path]:
@@ -95,10 +97,22 @@ def restore_params(directory: str | Path, step: int, abstract_params: Any) -> An
     return restored.state["params"]
 
 
-def check_same_model(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
-    """Refuse a checkpoint whose state shapes disagree with the config, naming the keys."""
+def save_params(directory: str | Path, step: int, params: Any,
+                config: ml_collections.ConfigDict) -> None:
+    """A params-only checkpoint (imported weights): `restore_params` reads it, as evaluation,
+    sampling and `train.init_from` do; resuming training from it is refused (no optimizer)."""
+    manager = ocp.CheckpointManager(Path(directory).absolute(), item_names=("state", "config"))
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params}),
+                                               config=ocp.args.JsonSave(config.to_dict())))
+    manager.wait_until_finished()
+    manager.close()
+
+
+def check_same_model(saved: dict, config: ml_collections.ConfigDict, where: str,
+                     keys: tuple[str, ...] = SHAPE_KEYS) -> None:
+    """Refuse a checkpoint whose shapes (of `keys`) disagree with the config, naming the keys."""
     diffs = []
-    for key in SHAPE_KEYS:
+    for key in keys:
         section, name = key.split(".")
         theirs, ours = saved[section][name], config[section][name]
         if theirs != ours:

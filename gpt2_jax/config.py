@@ -50,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.seed = 0  # parameter init and data order
     c.train.log_every = 1  # steps between console/metrics rows
     c.train.eval_every = 250  # steps between validation-loss evaluations (0 = never)
+    c.train.hellaswag_every = 0  # steps between HellaSwag evaluations (0 = never; llm.c: 250)
+    c.train.hellaswag_file = ""  # hellaswag_val.jsonl ("" = the cached copy, else download once)
     c.train.eval_steps = 20  # validation batches per evaluation (llm.c: 20 x 64 x 1024 tokens)
     c.train.loss_chunk_size = 0  # tokens per fp32-logits chunk in the loss (0 = whole micro-batch)
     c.train.checkpoint_every = 1000  # steps between (asynchronous) checkpoints (0 = only at the end)
@@ -176,6 +178,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
            "stability.loss_zscore and stability.grad_zscore must be >= 0 (0 = off)")
     _check(st.window >= 2 and st.max_bad_steps >= 1,
            "stability.window must be >= 2 and stability.max_bad_steps >= 1")
+    _check(t.hellaswag_every >= 0, f"train.hellaswag_every ({t.hellaswag_every}) must be >= 0")
     _check(t.health_every >= 0, f"train.health_every ({t.health_every}) must be >= 0")
     _check(o.lr > 0, f"optim.lr ({o.lr}) must be positive")
     _check(0 <= o.warmup_steps, f"optim.warmup_steps ({o.warmup_steps}) must be >= 0")

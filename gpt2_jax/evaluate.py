@@ -30,7 +30,7 @@ from gpt2_jax.trainer import data_files
 def validation_loss(trained: Trained, workdir: Path, max_batches: int) -> float:
     """Mean loss over the first `max_batches` batches of the run's validation shards."""
     c = trained.config
-    _, val_files = data_files(c, workdir)
+    val_files = data_files(c, workdir, "val")
     local_batch = c.train.micro_batch_size * sharding.batch_parallelism(trained.mesh)
     batches = pipeline.eval_batches(val_files, seq_len=c.train.seq_len,
                                     local_batch=local_batch // jax.process_count(),
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="the training run's directory")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    parser.add_argument("--val_files", default=None,
+                        help="glob of validation shards (default: the run's data.val_files); "
+                             "e.g. for weights imported with gpt2_jax.hf")
     parser.add_argument("--val_batches", type=int, default=None,
                         help="validation batches (default: the run's train.eval_steps)")
     parser.add_argument("--hellaswag", default=None,
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         sys.exit(f"error: {e}")
     c = trained.config
+    if args.val_files:
+        c.data.source, c.data.val_files = "shards", args.val_files
     results: dict = {"step": trained.step}
     print(f"evaluating {workdir} at step {trained.step} on {jax.device_count()} x "
           f"{jax.devices()[0].device_kind}")

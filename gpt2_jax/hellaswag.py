@@ -8,6 +8,7 @@ come from the HellaSwag repository's data/hellaswag_val.jsonl.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import urllib.request
@@ -20,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt2_jax import sharding, tokenizer
-from gpt2_jax.model import GPT
+from gpt2_jax.model import GPT, GPTConfig
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 CACHE = Path(os.environ.get("GPT2_JAX_CACHE", "~/.cache/gpt2_jax")).expanduser()
@@ -66,8 +67,10 @@ def render(example: dict) -> tuple[list[list[int]], list[int], int]:
     return rows, len(context), int(example["label"])
 
 
-def _ending_losses_fn(model: GPT):
+@functools.cache  # one jitted function per model shape: periodic evals reuse its compilations
+def _ending_losses_fn(config: GPTConfig):
     """(params, tokens[R, L], ending mask[R, L]) -> (summed, mean) ending loss per row."""
+    model = GPT(config)
 
     @jax.jit
     def losses(params, tokens_RxL, mask_RxL):
@@ -86,7 +89,7 @@ def score(model: GPT, params, examples: list[dict],
           batch_examples: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Summed and mean ending loss, each (examples, 4). Rows are padded to the batch's longest
     in buckets of 32 tokens, so only a few shapes compile."""
-    losses = _ending_losses_fn(model)
+    losses = _ending_losses_fn(model.config)
     summed_all, mean_all = [], []
     starts = range(0, len(examples), batch_examples)
     for start in tqdm(starts, desc="HellaSwag", unit="batch", disable=len(starts) < 10):

@@ -15,9 +15,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt2_jax import metrics, sharding, tokenizer
+from gpt2_jax import hellaswag, metrics, sharding, tokenizer
 from gpt2_jax.health import health_line, make_health_fn
-from gpt2_jax.checkpoint import Checkpointer, check_same_model, restore_params
+from gpt2_jax.checkpoint import MODEL_SHAPE_KEYS, Checkpointer, check_same_model, restore_params
 from gpt2_jax.config import ConfigError
 from gpt2_jax.data import pipeline
 from gpt2_jax.data.shakespeare import prepare_shakespeare
@@ -50,12 +50,11 @@ class BatchLayout:
                    local_micro_batch=global_micro // jax.process_count())
 
 
-def data_files(c: ml_collections.ConfigDict, workdir: Path) -> tuple[list[str], list[str]]:
-    """Train and validation shard files for data.source = shards or shakespeare."""
+def data_files(c: ml_collections.ConfigDict, workdir: Path, split: str) -> list[str]:
+    """Shard files of `split` ("train" or "val") for data.source = shards or shakespeare."""
     if c.data.source == "shakespeare":
-        train_path, val_path = prepare_shakespeare(workdir / "data")
-        return [train_path], [val_path]
-    return find_shards(c.data.train_files), find_shards(c.data.val_files)
+        return [prepare_shakespeare(workdir / "data")[split == "val"]]
+    return find_shards(c.data[f"{split}_files"])
 
 
 def make_data(c: ml_collections.ConfigDict, workdir: Path, layout: BatchLayout, say):
@@ -66,7 +65,7 @@ def make_data(c: ml_collections.ConfigDict, workdir: Path, layout: BatchLayout, 
         return pipeline.SyntheticBatches(seq_len=seq_len, accum_steps=layout.accum_steps,
                                          local_batch=layout.local_micro_batch,
                                          seed=c.train.seed), None
-    train_files, val_files = data_files(c, workdir)
+    train_files, val_files = data_files(c, workdir, "train"), data_files(c, workdir, "val")
     say(f"data: {len(train_files)} train shard(s), {len(val_files)} val shard(s)")
     train_batches = pipeline.train_batches(
         train_files, seq_len=seq_len, accum_steps=layout.accum_steps,
@@ -76,6 +75,19 @@ def make_data(c: ml_collections.ConfigDict, workdir: Path, layout: BatchLayout, 
                                         local_batch=layout.local_micro_batch,
                                         max_batches=c.train.eval_steps)
     return train_batches, val_batches
+
+
+def hellaswag_examples(c: ml_collections.ConfigDict) -> list[dict]:
+    """The HellaSwag examples scored every `train.hellaswag_every` steps (found before training
+    starts, so a missing file fails the run at once rather than at the first evaluation)."""
+    if not c.train.hellaswag_every:
+        return []
+    try:
+        path = hellaswag.find_or_download(c.train.hellaswag_file or None)
+    except hellaswag.HellaSwagUnavailable as e:
+        raise ConfigError(f"train.hellaswag_every={c.train.hellaswag_every} needs HellaSwag: {e}; "
+                          "or set train.hellaswag_file, or train.hellaswag_every=0") from None
+    return list(hellaswag.read_examples(path))
 
 
 def set_aside_previous_run(workdir: Path, say) -> None:
@@ -106,7 +118,7 @@ def restore_params_from(path: str, abstract_params, c: ml_collections.ConfigDict
     step = source.latest_step()
     if step is None:
         raise ConfigError(f"train.init_from: no checkpoint in {directory}")
-    check_same_model(source.saved_config(step), c, str(directory))
+    check_same_model(source.saved_config(step), c, str(directory), MODEL_SHAPE_KEYS)
     source.close()
     return restore_params(directory, step, abstract_params), f"{directory} step {step}"
 
@@ -220,6 +232,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     mesh = sharding.make_mesh(c.mesh)
     layout = BatchLayout.from_config(c, mesh)
     train_batches, val_batches = make_data(c, workdir, layout, say)
+    hellaswag_set = hellaswag_examples(c)
 
     if not t.resume:
         set_aside_previous_run(workdir, say)
@@ -227,6 +240,10 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                         keep_period=t.keep_checkpoint_every)
     for path in ckpt.skipped:
         say(f"skipping incomplete checkpoint {path} (interrupted while being written)")
+    if ckpt.latest_step() == 0:
+        raise ConfigError(f"{ckpt.directory} holds imported weights (a step-0 checkpoint without "
+                          f"optimizer state); train from them with --config.train.init_from="
+                          f"{workdir} and another --workdir")
 
     with jax.set_mesh(mesh):
         training = build_training(c, mesh)
@@ -267,13 +284,20 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         eval_sharding = sharding.eval_batch_sharding(mesh)
         val_loss = None
 
-        def evaluate(step: int) -> float:
-            losses = [eval_step(state.params, sharding.to_global_array(b, eval_sharding))
-                      for b in val_batches]
-            loss = float(np.mean(jax.device_get(losses)))
-            say(f"step {step}/{t.max_steps} | val loss {loss:.4f}")
-            log.write({"step": step, "val_loss": loss})
-            return loss
+        def evaluate(step: int, loss_due: bool, hellaswag_due: bool) -> dict:
+            """One eval row: validation loss and/or HellaSwag of the current weights."""
+            row: dict = {"step": step}
+            if loss_due:
+                losses = [eval_step(state.params, sharding.to_global_array(b, eval_sharding))
+                          for b in val_batches]
+                row["val_loss"] = float(np.mean(jax.device_get(losses)))
+                say(f"step {step}/{t.max_steps} | val loss {row['val_loss']:.4f}")
+            if hellaswag_due:
+                row.update(hellaswag.evaluate(model, state.params, hellaswag_set))
+                say(f"step {step}/{t.max_steps} | HellaSwag acc_norm {row['hellaswag_acc']:.4f} "
+                    f"({len(hellaswag_set)} examples)")
+            log.write(row)
+            return row
 
         def save(step: int) -> None:
             started = time.perf_counter()
@@ -295,15 +319,18 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                     step == start_step + 1 or step % t.log_every == 0 or step == t.max_steps))
                 if step == start_step + 1:
                     steps.flush()  # compile time on its own line, not inside a step time
-                eval_due = t.eval_every and (step % t.eval_every == 0 or step == t.max_steps)
+                eval_due = val_batches is not None and t.eval_every and (
+                    step % t.eval_every == 0 or step == t.max_steps)
                 save_due = t.checkpoint_every and step % t.checkpoint_every == 0
                 health_due = t.health_every and step % t.health_every == 0
-                if (val_batches is not None and eval_due) or save_due or health_due or stop.received:
+                hellaswag_due = t.hellaswag_every and (step % t.hellaswag_every == 0
+                                                       or step == t.max_steps)
+                if eval_due or hellaswag_due or save_due or health_due or stop.received:
                     steps.flush()
                     if health_due:
                         report_health(step, batch)
-                    if val_batches is not None and eval_due:
-                        val_loss = evaluate(step)
+                    if eval_due or hellaswag_due:
+                        val_loss = evaluate(step, eval_due, hellaswag_due).get("val_loss", val_loss)
                     if save_due or stop.received:
                         save(step)
                     steps.pause_clock()

@@ -10,7 +10,8 @@ run() {
   python -m gpt2_jax.train --config configs/gpt2_124m.py --workdir "$out/$1" \
     --config.data.source=shakespeare --config.train.micro_batch_size=16 \
     --config.train.total_batch_size=65536 --config.train.max_steps=20 \
-    --config.optim.warmup_steps=5 --config.train.eval_every=0 --config.train.sample_tokens=0 \
+    --config.optim.warmup_steps=5 --config.train.eval_every=0 --config.train.hellaswag_every=0 \
+    --config.train.sample_tokens=0 \
     --config.train.resume=False "${@:2}" | grep -E "^model|^done"
 }
 run fp32 --config.model.dtype=float32 --config.model.logits_dtype=float32

@@ -1,6 +1,8 @@
 """Shared test setup: 8 fake CPU devices (set before jax is imported) and a tiny config."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -12,6 +14,7 @@ import pytest  # noqa: E402
 from gpt2_jax.config import load_config  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # A GPT-2 small enough to train in seconds on CPU; it keeps the real (padded) vocabulary.
 TINY = [
@@ -47,3 +50,24 @@ def run_steps(c, mesh, tx, batches):
             state, metrics = training.train_step(state, global_batch)
             history.append(jax.device_get(metrics))
         return state, jax.device_get(state), history
+
+
+def run_module(module, *args, cwd):
+    """`python -m module args` in a subprocess on one CPU device."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A short default (Shakespeare) run with validation and HellaSwag (on the fixture) at its
+    last step: evaluation, sampling and export tests share its checkpoint."""
+    workdir = tmp_path_factory.mktemp("run")
+    result = run_module("gpt2_jax.train", "--workdir", str(workdir), "--config.train.max_steps=4",
+                        "--config.train.eval_every=4", "--config.train.sample_tokens=0",
+                        "--config.train.hellaswag_every=4",
+                        f"--config.train.hellaswag_file={FIXTURES / 'hellaswag_mini.jsonl'}",
+                        cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

@@ -1,10 +1,6 @@
 """Sampling with a KV cache, HellaSwag scoring, and the evaluate / sample commands."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +12,9 @@ from gpt2_jax.model import GPT, GPTConfig
 from gpt2_jax.sampling import generate
 from gpt2_jax.train_step import init_params
 
-FIXTURE = Path(__file__).parent / "fixtures" / "hellaswag_mini.jsonl"
+from conftest import FIXTURES, run_module
+
+FIXTURE = FIXTURES / "hellaswag_mini.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +27,12 @@ def test_kv_cache_decoding_equals_recomputing_the_whole_sequence(tiny):
     model, params = tiny
     prompt = [464, 3290, 318, 257]
     cached = np.asarray(generate(model, params, prompt, 12, temperature=0))[0]
-    forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
+    forward = jax.jit(lambda t: model.apply({"params": params}, t)[0])
     tokens = list(prompt)
-    for _ in range(12):  # greedy, rerunning the full model on the sequence so far
-        tokens.append(int(jnp.argmax(forward(params, jnp.asarray([tokens]))[0, -1])))
+    for _ in range(12):  # greedy, rerunning the full model on the sequence so far (right-padded
+        padded = np.zeros((1, model.config.block_size), np.int32)  # to one compiled length)
+        padded[0, :len(tokens)] = tokens
+        tokens.append(int(jnp.argmax(forward(padded)[len(tokens) - 1])))
     assert cached.tolist() == tokens
 
 
@@ -48,11 +48,16 @@ def test_hellaswag_scores_equal_a_per_ending_reference(tiny):
     model, params = tiny
     examples = list(hellaswag.read_examples(FIXTURE))
     summed, mean = hellaswag.score(model, params, examples, batch_examples=2)  # 2 batches
+    # One row at a time, right-padded to the block (causal: the padding cannot reach a scored
+    # position), so a single compiled forward serves every row.
+    forward = jax.jit(lambda t: model.apply({"params": params}, t)[0])
     for i, example in enumerate(examples):
         context = tokenizer.encode(example["ctx"])
         for j, ending in enumerate(example["endings"]):
-            row = context + tokenizer.encode(" " + ending)  # unpadded, one row at a time
-            logits = np.asarray(model.apply({"params": params}, jnp.asarray([row[:-1]])))[0]
+            row = context + tokenizer.encode(" " + ending)
+            padded = np.zeros((1, model.config.block_size), np.int32)
+            padded[0, :len(row) - 1] = row[:-1]
+            logits = np.asarray(forward(padded))[:len(row) - 1]
             logits = logits[:, :tokenizer.VOCAB_SIZE].astype(np.float64)
             log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1,
                                         keepdims=True)) - logits.max(1, keepdims=True)
@@ -70,33 +75,19 @@ def test_missing_hellaswag_file_is_a_clear_error(tmp_path):
         hellaswag.find_or_download(str(tmp_path / "nope.jsonl"))
 
 
-def run_module(module, *args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A short default (Shakespeare) run, with its last validation loss."""
-    workdir = tmp_path_factory.mktemp("run")
-    result = run_module("gpt2_jax.train", "--workdir", str(workdir), "--config.train.max_steps=4",
-                        "--config.train.eval_every=4", "--config.train.sample_tokens=0",
-                        cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
-
-
 def test_evaluate_restores_and_reports_val_loss_and_hellaswag(trained_run):
-    rows = [json.loads(l) for l in (trained_run / "metrics.jsonl").read_text().splitlines()]
-    trained_val_loss = [r["val_loss"] for r in rows if "val_loss" in r][-1]
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    in_training = [r for r in rows if "val_loss" in r][-1]  # one eval row: val loss + HellaSwag
+    assert in_training["step"] == 4 and in_training["hellaswag_examples"] == 3
     result = run_module("gpt2_jax.evaluate", "--workdir", str(trained_run), "--hellaswag",
                         str(FIXTURE), "--samples", "1", cwd=trained_run)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "HellaSwag: acc_norm" in result.stdout and "--- sample 1" in result.stdout
     last = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 4 and last["hellaswag_examples"] == 3
-    assert last["val_loss"] == pytest.approx(trained_val_loss, rel=1e-6)  # same batches, same loss
+    # The same weights, batches and examples as the in-training evaluation: the same figures.
+    assert last["val_loss"] == pytest.approx(in_training["val_loss"], rel=1e-6)
+    assert last["hellaswag_acc"] == in_training["hellaswag_acc"]
 
 
 def test_evaluate_with_missing_hellaswag_path_fails_clearly(trained_run):
@@ -116,3 +107,15 @@ def test_sample_command_continues_the_prompt(trained_run):
 def test_sample_from_a_directory_without_checkpoints_fails_clearly(tmp_path):
     result = run_module("gpt2_jax.sample", "--workdir", str(tmp_path), cwd=tmp_path)
     assert result.returncode != 0 and "no checkpoints/ directory" in result.stderr
+
+
+def test_training_with_hellaswag_and_no_copy_fails_before_starting(tiny_config, tmp_path):
+    from gpt2_jax.config import ConfigError
+    from gpt2_jax.trainer import hellaswag_examples
+
+    c = tiny_config("--config.train.hellaswag_every=10",
+                    f"--config.train.hellaswag_file={tmp_path / 'absent.jsonl'}")
+    with pytest.raises(ConfigError, match="train.hellaswag_every=10 needs HellaSwag.*absent.jsonl"):
+        hellaswag_examples(c)
+    assert len(hellaswag_examples(tiny_config(
+        "--config.train.hellaswag_every=10", f"--config.train.hellaswag_file={FIXTURE}"))) == 3
