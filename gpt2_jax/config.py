@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.attention = "auto"  # auto (cudnn on GPU with bf16, else xla) | cudnn | xla
     c.model.remat = "none"  # activation recomputation: none | full | a jax.checkpoint_policies name
     c.model.logits_dtype = "float32"  # storage of the loss's logits: float32 | bfloat16 (softmax in fp32)
+    c.model.scan_unroll = 1  # layers per iteration of the compiled layer loop (n_layer = unrolled)
 
     c.train = ml_collections.ConfigDict()
     c.train.max_steps = 19073  # optimizer steps (10B tokens / 524,288)
@@ -156,6 +157,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"model.attention must be auto, cudnn or xla, not {m.attention!r}")
     _check(m.logits_dtype in ("float32", "bfloat16"),
            f"model.logits_dtype must be float32 or bfloat16, not {m.logits_dtype!r}")
+    _check(1 <= m.scan_unroll <= m.n_layer,
+           f"model.scan_unroll ({m.scan_unroll}) must be in 1..model.n_layer ({m.n_layer})")
     _check(m.remat in REMAT_CHOICES, f"model.remat must be one of {REMAT_CHOICES}, not {m.remat!r}")
     _check(0 < t.seq_len <= m.block_size,
            f"train.seq_len ({t.seq_len}) must be in 1..model.block_size ({m.block_size})")
@@ -207,4 +210,5 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None) -> GP
         attention = "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
     return GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
                      vocab_size=m.vocab_size, block_size=m.block_size, dtype=dtype,
-                     attention=attention, remat=m.remat, logits_dtype=m.logits_dtype)
+                     attention=attention, remat=m.remat, logits_dtype=m.logits_dtype,
+                     scan_unroll=m.scan_unroll)

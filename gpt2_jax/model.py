@@ -35,6 +35,7 @@ class GPTConfig:
     attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
     remat: str = "none"  # one of REMAT_CHOICES
     logits_dtype: str = "float32"  # dtype the loss's logits are stored in; softmax is always fp32
+    scan_unroll: int = 1  # layers per iteration of the layer loop (n_layer = fully unrolled)
 
     @property
     def head_dim(self) -> int:
@@ -260,7 +261,7 @@ class GPT(nn.Module):
         self.h = nn.scan(
             _remat(Block, cfg.remat),
             variable_axes={"params": 0, "intermediates": 0, "cache": 0},
-            split_rngs={"params": True}, length=cfg.n_layer,
+            split_rngs={"params": True}, length=cfg.n_layer, unroll=cfg.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, self.decode)
         self.ln_f = _layer_norm(cfg, "ln_f")

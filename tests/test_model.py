@@ -112,9 +112,14 @@ def test_bf16_compute_matches_float32_reference():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
 
 
-def test_remat_does_not_change_loss_or_gradients():
+@pytest.mark.parametrize("variant", [
+    {"remat": "dots_with_no_batch_dims_saveable"},
+    {"scan_unroll": 2},  # the layer loop unrolled: the same stacked params, the same math
+    {"scan_unroll": 2, "remat": "dots_with_no_batch_dims_saveable"},
+])
+def test_remat_and_unrolling_do_not_change_loss_or_gradients(variant):
     model, params = tiny_model()
-    remat_model, _ = tiny_model(remat="dots_with_no_batch_dims_saveable")
+    remat_model, _ = tiny_model(**variant)
     tokens = jax.random.randint(jax.random.key(4), (2, 17), 0, VOCAB_SIZE)
 
     def loss(m, p):
