@@ -147,7 +147,13 @@ def read_hf(source: str) -> tuple[dict, dict[str, np.ndarray]]:
         except ImportError:
             raise ConfigError(f"{source} is not a directory, and downloading it from the hub "
                               "needs huggingface_hub: pip install -e '.[hf]'") from None
-        directory = Path(snapshot_download(source, allow_patterns=["config.json", "*.safetensors"]))
+        try:
+            directory = Path(snapshot_download(source,
+                                               allow_patterns=["config.json", "*.safetensors"]))
+        except Exception as e:  # offline, no such repository, no access: the hub's many errors
+            raise ConfigError(f"{source} is not a directory, and fetching it from the Hugging Face "
+                              f"hub failed ({type(e).__name__}: {str(e).splitlines()[0]}); offline, "
+                              "pass a directory holding config.json and model.safetensors") from None
     files = sorted(directory.glob("*.safetensors"))
     if not (directory / "config.json").is_file() or not files:
         raise ConfigError(f"{directory}: a transformers checkpoint needs config.json and "

@@ -98,3 +98,11 @@ def test_unsupported_transformers_configs_are_refused_naming_the_field(openai_li
     del state["transformer.h.1.mlp.c_fc.bias"]
     with pytest.raises(ConfigError, match="h.1.mlp.c_fc.bias"):
         hf.params_from_hf(state, hf.model_config(hf.config_from_hf(config), backend="cpu"))
+
+
+def test_a_source_that_is_neither_a_directory_nor_a_hub_name_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="absent is not a directory.*pass a directory"):
+        hf.read_hf(str(tmp_path / "absent"))  # an invalid hub name: refused without a download
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="needs config.json and"):
+        hf.read_hf(str(tmp_path / "empty"))
