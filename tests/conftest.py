@@ -60,14 +60,20 @@ def run_module(module, *args, cwd):
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """A short default (Shakespeare) run with validation and HellaSwag (on the fixture) at its
-    last step: evaluation, sampling and export tests share its checkpoint."""
-    workdir = tmp_path_factory.mktemp("run")
-    result = run_module("gpt2_jax.train", "--workdir", str(workdir), "--config.train.max_steps=4",
-                        "--config.train.eval_every=4", "--config.train.sample_tokens=0",
+def default_run(tmp_path_factory):
+    """The README's default command (the Shakespeare config, default workdir), shortened, with
+    validation every 2 steps, HellaSwag (on the fixture) at the end and a sample: the CLI,
+    evaluation, sampling and export tests share it. Returns (workdir, the finished process)."""
+    cwd = tmp_path_factory.mktemp("default")
+    result = run_module("gpt2_jax.train", "--config.train.max_steps=4", "--config.train.log_every=1",
+                        "--config.train.eval_every=2", "--config.train.sample_tokens=8",
                         "--config.train.hellaswag_every=4",
                         f"--config.train.hellaswag_file={FIXTURES / 'hellaswag_mini.jsonl'}",
-                        cwd=workdir)
+                        cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+    return cwd / "runs" / "shakespeare", result  # default workdir: runs/<config file stem>
+
+
+@pytest.fixture(scope="session")
+def trained_run(default_run):
+    return default_run[0]

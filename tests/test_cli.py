@@ -12,20 +12,18 @@ def run_train(tmp_path, *args):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_default_command_trains_logs_evaluates_and_samples(tmp_path):
-    result = run_train(tmp_path, "--config.train.max_steps=4", "--config.train.log_every=1",
-                       "--config.train.eval_every=2", "--config.train.sample_tokens=8")
-    assert result.returncode == 0, result.stderr[-3000:]
-    workdir = tmp_path / "runs" / "shakespeare"  # default workdir: runs/<config file stem>
+def test_default_command_trains_logs_evaluates_and_samples(default_run):
+    workdir, result = default_run
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu"} <= set(train_rows[-1])
-    assert [r["step"] for r in eval_rows] == [2, 4]
+    assert [r["step"] for r in eval_rows[:2]] == [2, 4]  # (the evaluate tests append more)
     assert train_rows[-1]["loss"] < train_rows[0]["loss"]
     assert json.loads((workdir / "config.json").read_text())["train"]["max_steps"] == 4
     assert "step 4/4 | loss" in result.stdout and "sample:" in result.stdout
+    assert "step 4/4 | HellaSwag acc_norm" in result.stdout
 
 
 def test_unknown_override_fails_naming_the_key(tmp_path):
