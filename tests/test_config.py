@@ -43,6 +43,8 @@ def test_wrong_type_is_rejected_with_its_name():
     ("--config.data.source=hub", "data.source"),
     ("--config.optim.final_lr_frac=2.0", "optim.final_lr_frac"),
     ("--config.train.loss_chunk_size=7", "train.loss_chunk_size"),
+    ("--config.model.scan_unroll=0", "model.scan_unroll"),
+    ("--config.train.hellaswag_every=-1", "train.hellaswag_every"),
 ])
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
