@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from gpt2_jax import hellaswag, sharding, tokenizer
 from gpt2_jax.config import ConfigError
@@ -23,24 +22,20 @@ from gpt2_jax.inference import Trained, load_trained
 from gpt2_jax.metrics import MetricsLog
 from gpt2_jax.sample import decode_samples
 from gpt2_jax.sampling import generate
-from gpt2_jax.train_step import make_eval_step
+from gpt2_jax.train_step import make_evaluator
 from gpt2_jax.trainer import data_files
 
 
 def validation_loss(trained: Trained, workdir: Path, max_batches: int) -> float:
     """Mean loss over the first `max_batches` batches of the run's validation shards."""
     c = trained.config
-    val_files = data_files(c, workdir, "val")
     local_batch = c.train.micro_batch_size * sharding.batch_parallelism(trained.mesh)
-    batches = pipeline.eval_batches(val_files, seq_len=c.train.seq_len,
+    batches = pipeline.eval_batches(data_files(c, workdir, "val"), seq_len=c.train.seq_len,
                                     local_batch=local_batch // jax.process_count(),
                                     max_batches=max_batches)
-    eval_step = make_eval_step(trained.model, trained.mesh, c.train.loss_chunk_size)
-    batch_sharding = sharding.eval_batch_sharding(trained.mesh)
     with jax.set_mesh(trained.mesh):
-        losses = [eval_step(trained.params, sharding.to_global_array(b, batch_sharding))
-                  for b in batches]
-    return float(np.mean(jax.device_get(losses)))
+        return make_evaluator(trained.model, trained.mesh, c.train.loss_chunk_size)(
+            trained.params, batches)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(f"error: {e}")
             print(f"HellaSwag: skipped: {e}")
         else:
-            examples = list(hellaswag.read_examples(path))[:args.hellaswag_limit]
+            examples = hellaswag.load(path, args.hellaswag_limit)
             with jax.set_mesh(trained.mesh):
                 results.update(hellaswag.evaluate(trained.model, trained.params, examples))
             print(f"HellaSwag: acc_norm {results['hellaswag_acc']:.4f}, acc "

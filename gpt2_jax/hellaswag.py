@@ -9,6 +9,7 @@ come from the HellaSwag repository's data/hellaswag_val.jsonl.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import urllib.request
@@ -60,11 +61,20 @@ def read_examples(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def render(example: dict) -> tuple[list[list[int]], list[int], int]:
-    """(4 token rows: context + ending, the context length, the correct ending's index)."""
+# One example, tokenized: (4 token rows: context + ending, the context length, the correct ending).
+Rendered = tuple[list[list[int]], int, int]
+
+
+def render(example: dict) -> Rendered:
     context = tokenizer.encode(example["ctx"])
     rows = [context + tokenizer.encode(" " + ending) for ending in example["endings"]]
     return rows, len(context), int(example["label"])
+
+
+def load(path: Path, limit: int | None = None) -> list[Rendered]:
+    """The first `limit` (default: all) examples of a hellaswag_val.jsonl, tokenized once (a
+    training run scores the same set every `train.hellaswag_every` steps)."""
+    return [render(example) for example in itertools.islice(read_examples(path), limit)]
 
 
 @functools.cache  # one jitted function per model shape: periodic evals reuse its compilations
@@ -85,15 +95,23 @@ def _ending_losses_fn(config: GPTConfig):
     return losses
 
 
-def score(model: GPT, params, examples: list[dict],
+def score(model: GPT, params, examples: list[Rendered],
           batch_examples: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Summed and mean ending loss, each (examples, 4). Rows are padded to the batch's longest
-    in buckets of 32 tokens, so only a few shapes compile."""
+    in buckets of 32 tokens, so only a few shapes compile. Each batch is read back only after
+    the next one is dispatched, so the device never waits for the host's padding work."""
     losses = _ending_losses_fn(model.config)
     summed_all, mean_all = [], []
+
+    def read_back(n_examples: int, result) -> None:
+        summed, mean = jax.device_get(result)
+        summed_all.append(summed[:4 * n_examples].reshape(-1, 4))
+        mean_all.append(mean[:4 * n_examples].reshape(-1, 4))
+
+    in_flight = None
     starts = range(0, len(examples), batch_examples)
     for start in tqdm(starts, desc="HellaSwag", unit="batch", disable=len(starts) < 10):
-        batch = [render(e) for e in examples[start:start + batch_examples]]
+        batch = examples[start:start + batch_examples]
         longest = max(len(row) for rows, _, _ in batch for row in rows)
         length = min(-(-longest // 32) * 32, model.config.block_size + 1)
         tokens = np.zeros((4 * batch_examples, length), np.int32)
@@ -104,16 +122,18 @@ def score(model: GPT, params, examples: list[dict],
                 cut = max(len(row) - length, 0)  # over-long rows keep their ending
                 tokens[4 * i + j, :len(row) - cut] = row[cut:]
                 mask[4 * i + j, max(context_len - cut, 1):len(row) - cut] = 1.0
-        summed, mean = jax.device_get(losses(params, tokens, mask))
-        summed_all.append(summed[:4 * len(batch)].reshape(-1, 4))
-        mean_all.append(mean[:4 * len(batch)].reshape(-1, 4))
+        dispatched = (len(batch), losses(params, tokens, mask))
+        if in_flight is not None:
+            read_back(*in_flight)
+        in_flight = dispatched
+    read_back(*in_flight)
     return np.concatenate(summed_all), np.concatenate(mean_all)
 
 
-def evaluate(model: GPT, params, examples: list[dict], batch_examples: int = 16) -> dict:
+def evaluate(model: GPT, params, examples: list[Rendered], batch_examples: int = 16) -> dict:
     """acc_norm (as `hellaswag_acc`, the figure llm.c reports) and acc over `examples`."""
     summed, mean = score(model, params, examples, batch_examples)
-    labels = np.array([int(e["label"]) for e in examples])
+    labels = np.array([label for _, _, label in examples])
     return {"hellaswag_acc": float(np.mean(np.argmin(mean, axis=1) == labels)),
             "hellaswag_acc_unnormalized": float(np.mean(np.argmin(summed, axis=1) == labels)),
             "hellaswag_examples": len(examples)}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -120,16 +122,22 @@ def jit_train_step(train_step: Callable, shardings: TrainState, mesh: Mesh) -> C
                    out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
 
 
-def make_eval_step(model: GPT, mesh: Mesh, loss_chunk_size: int) -> Callable:
-    """(params, tokens[batch, T+1]) -> mean loss, jitted."""
+def make_evaluator(model: GPT, mesh: Mesh, loss_chunk_size: int) -> Callable:
+    """(params, host batches of tokens[batch, T+1]) -> their mean loss: every batch is dispatched
+    to the jitted loss before any is read back."""
+    batch_sharding = sharding.eval_batch_sharding(mesh)
 
+    @functools.partial(jax.jit, in_shardings=(None, batch_sharding))
     def eval_step(params, tokens_BxT1):
         with sharding.axis_rules():
             return model.apply({"params": params}, tokens_BxT1[:, :-1], tokens_BxT1[:, 1:],
                                loss_chunk_size, method=GPT.loss)
 
-    return jax.jit(eval_step, in_shardings=(None, sharding.eval_batch_sharding(mesh)))
+    def mean_loss(params, batches) -> float:
+        losses = [eval_step(params, sharding.to_global_array(b, batch_sharding)) for b in batches]
+        return float(np.mean(jax.device_get(losses)))
 
+    return mean_loss
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,15 +16,15 @@ import ml_collections
 import numpy as np
 
 from gpt2_jax import hellaswag, metrics, sharding, tokenizer
-from gpt2_jax.health import health_line, make_health_fn
 from gpt2_jax.checkpoint import MODEL_SHAPE_KEYS, Checkpointer, check_same_model, restore_params
 from gpt2_jax.config import ConfigError
 from gpt2_jax.data import pipeline
 from gpt2_jax.data.shakespeare import prepare_shakespeare
 from gpt2_jax.data.shards import find_shards
+from gpt2_jax.health import health_line, make_health_fn
 from gpt2_jax.model import flops_per_token
 from gpt2_jax.sampling import generate
-from gpt2_jax.train_step import build_training, make_eval_step
+from gpt2_jax.train_step import build_training, make_evaluator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +77,9 @@ def make_data(c: ml_collections.ConfigDict, workdir: Path, layout: BatchLayout, 
     return train_batches, val_batches
 
 
-def hellaswag_examples(c: ml_collections.ConfigDict) -> list[dict]:
-    """The HellaSwag examples scored every `train.hellaswag_every` steps (found before training
-    starts, so a missing file fails the run at once rather than at the first evaluation)."""
+def hellaswag_examples(c: ml_collections.ConfigDict) -> list[hellaswag.Rendered]:
+    """The HellaSwag examples scored every `train.hellaswag_every` steps, tokenized once (and
+    found before training starts, so a missing file fails the run at once)."""
     if not c.train.hellaswag_every:
         return []
     try:
@@ -87,7 +87,7 @@ def hellaswag_examples(c: ml_collections.ConfigDict) -> list[dict]:
     except hellaswag.HellaSwagUnavailable as e:
         raise ConfigError(f"train.hellaswag_every={c.train.hellaswag_every} needs HellaSwag: {e}; "
                           "or set train.hellaswag_file, or train.hellaswag_every=0") from None
-    return list(hellaswag.read_examples(path))
+    return hellaswag.load(path)
 
 
 def set_aside_previous_run(workdir: Path, say) -> None:
@@ -241,6 +241,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     for path in ckpt.skipped:
         say(f"skipping incomplete checkpoint {path} (interrupted while being written)")
     if ckpt.latest_step() == 0:
+        ckpt.close()
         raise ConfigError(f"{ckpt.directory} holds imported weights (a step-0 checkpoint without "
                           f"optimizer state); train from them with --config.train.init_from="
                           f"{workdir} and another --workdir")
@@ -265,7 +266,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
 
         n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
         health = make_health_fn(model)
-        eval_step = make_eval_step(model, mesh, t.loss_chunk_size)
+        validation_loss = make_evaluator(model, mesh, t.loss_chunk_size)
         say(f"model: {model.config.n_layer} layers, {model.config.n_head} heads, "
             f"{model.config.n_embd} channels, {n_params:,} parameters, compute "
             f"{model.config.dtype}, attention {model.config.attention}, remat {model.config.remat}")
@@ -281,16 +282,13 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         steps = StepLog(log, say, t.max_steps, t.total_batch_size, flops_per_step,
                         time.perf_counter(), c.stability.max_bad_steps)
         batch_sharding = sharding.batch_sharding(mesh)
-        eval_sharding = sharding.eval_batch_sharding(mesh)
         val_loss = None
 
         def evaluate(step: int, loss_due: bool, hellaswag_due: bool) -> dict:
             """One eval row: validation loss and/or HellaSwag of the current weights."""
             row: dict = {"step": step}
             if loss_due:
-                losses = [eval_step(state.params, sharding.to_global_array(b, eval_sharding))
-                          for b in val_batches]
-                row["val_loss"] = float(np.mean(jax.device_get(losses)))
+                row["val_loss"] = validation_loss(state.params, val_batches)
                 say(f"step {step}/{t.max_steps} | val loss {row['val_loss']:.4f}")
             if hellaswag_due:
                 row.update(hellaswag.evaluate(model, state.params, hellaswag_set))

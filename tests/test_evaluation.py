@@ -47,7 +47,8 @@ def test_sampling_draws_only_real_vocabulary_ids(tiny):
 def test_hellaswag_scores_equal_a_per_ending_reference(tiny):
     model, params = tiny
     examples = list(hellaswag.read_examples(FIXTURE))
-    summed, mean = hellaswag.score(model, params, examples, batch_examples=2)  # 2 batches
+    rendered = hellaswag.load(FIXTURE)
+    summed, mean = hellaswag.score(model, params, rendered, batch_examples=2)  # 2 batches
     # One row at a time, right-padded to the block (causal: the padding cannot reach a scored
     # position), so a single compiled forward serves every row.
     forward = jax.jit(lambda t: model.apply({"params": params}, t)[0])
@@ -64,7 +65,7 @@ def test_hellaswag_scores_equal_a_per_ending_reference(tiny):
             losses = [-log_probs[t - 1, row[t]] for t in range(len(context), len(row))]
             np.testing.assert_allclose(summed[i, j], np.sum(losses), rtol=1e-4)
             np.testing.assert_allclose(mean[i, j], np.mean(losses), rtol=1e-4)
-    result = hellaswag.evaluate(model, params, examples)
+    result = hellaswag.evaluate(model, params, rendered)
     labels = [e["label"] for e in examples]
     assert result["hellaswag_acc"] == np.mean(np.argmin(mean, 1) == labels)
     assert result["hellaswag_acc_unnormalized"] == np.mean(np.argmin(summed, 1) == labels)
