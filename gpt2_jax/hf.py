@@ -28,6 +28,7 @@ import numpy as np
 from gpt2_jax import tokenizer
 from gpt2_jax.checkpoint import save_params
 from gpt2_jax.config import ConfigError, base_config, model_config
+from gpt2_jax.inference import load_trained
 from gpt2_jax.model import GPTConfig
 
 
@@ -167,12 +168,12 @@ def read_hf(source: str) -> tuple[dict, dict[str, np.ndarray]]:
 def import_weights(source: str, workdir: str | Path) -> tuple[ml_collections.ConfigDict, int]:
     """Write `source`'s weights into `workdir` as a step-0 params-only checkpoint; returns its
     config and parameter count."""
-    hf, state = read_hf(source)
-    c = config_from_hf(hf)
-    params = params_from_hf(state, model_config(c, backend="cpu"))
     directory = Path(workdir) / "checkpoints"
     if directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"{directory} already holds checkpoints; import into a new workdir")
+    hf, state = read_hf(source)
+    c = config_from_hf(hf)
+    params = params_from_hf(state, model_config(c, backend="cpu"))
     save_params(directory, 0, params, c)
     return c, sum(leaf.size for leaf in jax.tree.leaves(params))
 
@@ -180,8 +181,6 @@ def import_weights(source: str, workdir: str | Path) -> tuple[ml_collections.Con
 def export_weights(workdir: str | Path, out: str | Path, step: int | None = None) -> int:
     """Write the run's checkpoint as a transformers directory; returns the exported step."""
     from safetensors.numpy import save_file
-
-    from gpt2_jax.inference import load_trained
 
     trained = load_trained(workdir, step)
     params = jax.device_get(trained.params)

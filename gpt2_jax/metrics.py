@@ -56,9 +56,10 @@ def _json_ready(value):
     """Floats, lists and dicts JSON can hold; non-finite floats become null."""
     if isinstance(value, dict):
         return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
-        value = value.tolist() if hasattr(value, "tolist") else value
-        return [_json_ready(v) for v in value] if isinstance(value, list) else _json_ready(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars -> Python lists and numbers
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

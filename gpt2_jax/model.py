@@ -110,7 +110,6 @@ class CausalSelfAttention(nn.Module):
         return Projection((cfg.n_embd,), ("heads", "kv", "embed"), _residual_std(cfg), cfg.dtype,
                           n_in=2, name="c_proj")(y_BxTxHxK)
 
-
     def _attend_with_cache(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
         """Append this call's keys/values at the cache's position, attend over all of them."""
         B, T, H, K = q_BxTxHxK.shape
@@ -256,8 +255,9 @@ class GPT(nn.Module):
                             embedding_init=_normal(0.02, ("vocab", "embed")))
         self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, dtype=cfg.dtype, param_dtype=jnp.float32,
                             embedding_init=_normal(0.02, (None, "embed")))
-        # One compiled block scanned over a stacked "layers" axis: compile time does not grow
-        # with depth (48 layers compile like 1).
+        # The blocks' params stacked on a "layers" axis, run by a scan: with scan_unroll=1 one
+        # compiled block serves every layer (48 compile like 1); unrolling trades compile time for
+        # speed (the GPU configs unroll fully: +17-21% on an H100, BENCHMARKS.md).
         self.h = nn.scan(
             _remat(Block, cfg.remat),
             variable_axes={"params": 0, "intermediates": 0, "cache": 0},

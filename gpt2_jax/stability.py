@@ -46,16 +46,14 @@ def assess(guard: GuardState, loss: jax.Array, grad_norm: jax.Array, loss_thresh
         (grad_threshold > 0) & (grad_z > grad_threshold))
     skip = nonfinite | outlier
     slot = guard.filled % window
-    keep = lambda new, old: jnp.where(skip, old, new)  # noqa: E731
-    next_guard = GuardState(
-        losses=keep(guard.losses.at[slot].set(loss), guard.losses),
-        grad_norms=keep(guard.grad_norms.at[slot].set(grad_norm), guard.grad_norms),
-        filled=keep(guard.filled + 1, guard.filled),
-        skipped=guard.skipped + skip.astype(jnp.int32),
-        bad_streak=jnp.where(nonfinite, guard.bad_streak + 1, 0))
+    losses, grad_norms, filled = unless(  # a skipped step's values never enter the window
+        skip, (guard.losses.at[slot].set(loss), guard.grad_norms.at[slot].set(grad_norm),
+               guard.filled + 1), (guard.losses, guard.grad_norms, guard.filled))
+    next_guard = GuardState(losses=losses, grad_norms=grad_norms, filled=filled,
+                            skipped=guard.skipped + skip.astype(jnp.int32),
+                            bad_streak=jnp.where(nonfinite, guard.bad_streak + 1, 0))
     return skip, next_guard, {"loss_zscore": loss_z, "grad_zscore": grad_z,
-                              "skipped": guard.skipped + skip.astype(jnp.int32),
-                              "bad_streak": next_guard.bad_streak}
+                              "skipped": next_guard.skipped, "bad_streak": next_guard.bad_streak}
 
 
 def unless(skip: jax.Array, new, old):
