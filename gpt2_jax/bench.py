@@ -136,7 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     for variant in args.variant or [""]:
         variant_overrides = [*overrides, *shlex.split(variant)]
         config = load_config(args.config, variant_overrides)
-        profile_dir = args.profile and str(Path(args.profile) / f"variant{len(rows)}")
+        # A new directory per run: the summary sums every trace under it, and an older run's
+        # traces in the same place would be counted too.
+        profile_dir = args.profile and str(
+            Path(args.profile) / f"{time.strftime('%Y%m%d-%H%M%S')}-variant{len(rows)}")
         r = measure(config, args.steps, args.warmup, profile_dir)
         if profile_dir:
             print(kernel_summary(profile_dir), flush=True)
