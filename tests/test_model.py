@@ -135,3 +135,20 @@ def test_sequence_longer_than_block_size_is_rejected():
     model, params = tiny_model()
     with pytest.raises(ValueError, match="block_size"):
         apply(model, {"params": params}, jnp.zeros((1, 33), jnp.int32))
+
+
+def test_embedding_gradients_accumulate_in_fp32():
+    """The gradient of an embedding lookup is a scatter-add of one row per token. Real text
+    repeats a few tokens thousands of times per batch, and a bf16 scatter-add of those rows ran
+    as colliding compare-and-swap loops on an H100: 44% of a 124M step, growing as training went
+    on (BENCHMARKS.md). With bf16 compute, every scatter the step's gradient needs must be fp32."""
+    model, params = tiny_model(dtype="bfloat16")
+    tokens = jnp.zeros((2, 9), jnp.int32)
+
+    def loss(params):
+        return model.apply({"params": params}, tokens[:, :-1], tokens[:, 1:], method=GPT.loss)
+
+    hlo = jax.jit(jax.grad(loss)).lower(params).as_text(dialect="hlo")
+    scatter_types = [line.split("=")[1].split("[")[0].strip() for line in hlo.splitlines()
+                     if " scatter(" in line]
+    assert scatter_types and set(scatter_types) == {"f32"}, scatter_types
