@@ -4,12 +4,13 @@ import json
 import struct
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
 from conftest import TINY, run_steps
-from gpt2_jax import plot, sharding
+from gpt2_jax import plot, sharding, stability
 from gpt2_jax.checkpoint import Checkpointer
 from gpt2_jax.config import load_config, model_config
 from gpt2_jax.data.shards import write_shard
@@ -53,6 +54,21 @@ def test_planted_spike_is_skipped_and_training_continues(tiny_config):
     changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)),
                                            after_next.params, after_spike.params))
     assert all(changed)  # the next ordinary step updates every parameter again
+
+
+def test_guard_accepts_a_lasting_level_shift_after_a_few_skips():
+    """A gradient norm that doubles and stays there (as when the lr decays) is an outlier for a
+    few steps, then the new normal: the guard must not skip every update from then on."""
+    guard = stability.init_guard(window=128)
+    rng = np.random.default_rng(0)
+    norms = np.concatenate([rng.normal(0.5, 0.02, 200), rng.normal(1.2, 0.02, 200)])
+    assess = jax.jit(stability.assess, static_argnums=(3, 4))
+    skips = []
+    for norm in norms:
+        skip, guard, _ = assess(guard, jnp.float32(3.0), jnp.float32(norm), 5.0, 5.0)
+        skips.append(bool(skip))
+    assert not any(skips[:200])
+    assert 1 <= sum(skips[200:]) <= 10 and not any(skips[220:])
 
 
 def test_guard_off_applies_the_spike(tiny_config):
