@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_steps = 20  # validation batches per evaluation (llm.c: 20 x 64 x 1024 tokens)
     c.train.loss_chunk_size = 0  # tokens per fp32-logits chunk in the loss (0 = whole micro-batch)
     c.train.checkpoint_every = 1000  # steps between (asynchronous) checkpoints (0 = only at the end)
+    c.train.checkpoint_at_end = True  # save the final weights (evaluate, sample, init_from read them)
     c.train.keep_checkpoints = 3  # newest checkpoints kept
     c.train.keep_checkpoint_every = 5000  # also keep every checkpoint whose step is a multiple (0 = none)
     c.train.resume = True  # resume from the workdir's newest checkpoint; False sets old ones aside
@@ -78,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stability = ml_collections.ConfigDict()
     c.stability.loss_zscore = 5.0  # skip an update whose loss z-score exceeds this (0 = off; llm.c -sl)
     c.stability.grad_zscore = 5.0  # same for the gradient norm (0 = off; llm.c -sg)
-    c.stability.window = 128  # z-scores compare with this many recent applied steps (llm.c: 128)
+    c.stability.window = 128  # z-scores compare with this many recent finite values (llm.c: 128)
     c.stability.max_bad_steps = 5  # stop after this many consecutive non-finite steps
 
     c.data = ml_collections.ConfigDict()

@@ -7,7 +7,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import queue
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -127,23 +129,62 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with non-finite loss or gradients."""
 
 
+class ReadyClock:
+    """When each watched step finished on the device, as seen by a thread that does nothing but
+    wait for it. The loop itself is often busy when a step finishes (reading the next batch,
+    dispatching the next step), and a step's time must not include that."""
+
+    def __init__(self):
+        self._watched: queue.SimpleQueue = queue.SimpleQueue()
+        self._finished: dict[int, float] = {}
+        self._changed = threading.Condition()
+        threading.Thread(target=self._wait_for_steps, daemon=True, name="ready-clock").start()
+
+    @staticmethod
+    def now() -> float:
+        return time.perf_counter()
+
+    def watch(self, step: int, arrays) -> None:
+        self._watched.put((step, arrays))
+
+    def finished_at(self, step: int) -> float:
+        with self._changed:
+            self._changed.wait_for(lambda: step in self._finished)
+            return self._finished.pop(step)
+
+    def _wait_for_steps(self) -> None:
+        while True:
+            step, arrays = self._watched.get()
+            try:
+                jax.block_until_ready(arrays)
+            except Exception:  # noqa: BLE001 - the loop's own read of the step reports the error
+                pass
+            with self._changed:
+                self._finished[step] = time.perf_counter()
+                self._changed.notify_all()
+
+
 class StepLog:
     """Reads step metrics back from the device one step late, so the device always has the next
-    step queued, and turns them into console lines and metrics.jsonl rows."""
+    step queued, and turns them into console lines and metrics.jsonl rows. Each line's step time
+    is the mean over the steps since the previous line (or since the last pause)."""
 
     def __init__(self, log: metrics.MetricsLog, say, max_steps: int, tokens_per_step: int,
-                 flops_per_step: float, start_time: float, max_bad_steps: int):
+                 flops_per_step: float, start_time: float, max_bad_steps: int,
+                 clock: ReadyClock | None = None):
         self.log, self.say, self.max_steps = log, say, max_steps
         self.max_bad_steps, self.skipped = max_bad_steps, 0
         self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
         self.device, self.n_devices = jax.local_devices()[0], jax.device_count()
+        self.clock = clock or ReadyClock()
         self.pending = None  # (step, metrics) dispatched but not yet read
-        self.last_step, self.last_time = None, start_time
-        self.first_loss = self.last_loss = None
+        self.last_step, self.last_time = None, start_time  # the step the next line's time starts at
+        self.first_loss = self.last_loss = self.compile_seconds = None
 
     def dispatched(self, step: int, step_metrics, log_now: bool) -> None:
         self.flush()
         if log_now:
+            self.clock.watch(step, step_metrics)
             self.pending = (step, step_metrics)
 
     def flush(self) -> None:
@@ -153,14 +194,15 @@ class StepLog:
         step, step_metrics = self.pending
         self.pending = None
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        now = time.perf_counter()
+        finished = self.clock.finished_at(step)
         first = self.last_step is None
         if first:  # compilation dominates the first step: report it as such
-            self.say(f"compiled and ran step {step} in {now - self.last_time:.1f} s")
+            self.compile_seconds = finished - self.last_time
+            self.say(f"compiled and ran step {step} in {self.compile_seconds:.1f} s")
             step_seconds = float("nan")
         else:
-            step_seconds = (now - self.last_time) / (step - self.last_step)
-        self.last_step, self.last_time = step, now
+            step_seconds = (finished - self.last_time) / (step - self.last_step)
+        self.last_step, self.last_time = step, finished
         self.first_loss = values["loss"] if self.first_loss is None else self.first_loss
         self.last_loss = values["loss"]
         tokens_per_sec = self.tokens_per_step / step_seconds
@@ -183,9 +225,10 @@ class StepLog:
                 "non-finite loss or gradients (stability.max_bad_steps); none of them changed the "
                 "weights, and no checkpoint holds non-finite values")
 
-    def pause_clock(self) -> None:
-        """Exclude time spent outside train steps (evaluation, checkpoints) from step times."""
-        self.last_time = time.perf_counter()
+    def pause_clock(self, step: int) -> None:
+        """Exclude time spent outside train steps (evaluation, checkpoints) from step times: the
+        next line's time starts now, at `step` (finished, since the pause waited for it)."""
+        self.last_step, self.last_time = step, self.clock.now()
 
 
 @contextlib.contextmanager
@@ -217,10 +260,26 @@ class StopSignal:
             signal.signal(s, handler)
 
 
-def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+@dataclasses.dataclass
+class TrainResult:
+    """What one call of `train` did; also written to <workdir>/summary.json."""
+
+    start_step: int  # the checkpoint step it resumed from (0: a fresh start)
+    last_step: int  # the last step trained (start_step: there was nothing to do)
+    stopped_by: str | None = None  # SIGTERM / SIGINT if a signal stopped it before max_steps
+    first_loss: float | None = None
+    final_loss: float | None = None
+    final_val_loss: float | None = None
+    compile_seconds: float | None = None  # the first step, compilation included
+    wall_seconds: float = 0.0
+    params: int | None = None
+    peak_memory_gib: float | None = None
+
+
+def train(c: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
     """Train as configured in `workdir`, resuming from its newest checkpoint if it has one.
 
-    Writes metrics.jsonl, config.json, checkpoints/ and summary.json; returns the summary.
+    Writes metrics.jsonl, config.json, checkpoints/ and summary.json.
     """
     start_time = time.perf_counter()
     workdir = Path(workdir)
@@ -246,11 +305,17 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                           f"optimizer state); train from them with --config.train.init_from="
                           f"{workdir} and another --workdir")
 
+    start_step = ckpt.latest_step() or 0
+    if start_step >= t.max_steps:
+        ckpt.close()
+        say(f"nothing to do: {ckpt.directory} is at step {start_step} and train.max_steps is "
+            f"{t.max_steps}; raise train.max_steps to train further")
+        return TrainResult(start_step=start_step, last_step=start_step)
+
     with jax.set_mesh(mesh):
         training = build_training(c, mesh)
         model, train_step = training.model, training.train_step
         abstract_state = training.abstract_state()
-        start_step = ckpt.latest_step() or 0
         if start_step:
             check_same_model(ckpt.saved_config(start_step), c, str(ckpt.directory))
             state, data_state, _ = ckpt.restore(start_step, abstract_state)
@@ -331,18 +396,17 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                         val_loss = evaluate(step, eval_due, hellaswag_due).get("val_loss", val_loss)
                     if save_due or stop.received:
                         save(step)
-                    steps.pause_clock()
+                    steps.pause_clock(step)
                 if stop.received:
                     break
             steps.flush()
-            if not stop.received and step == t.max_steps and ckpt.latest_step() != step:
+            if (not stop.received and step == t.max_steps and t.checkpoint_at_end
+                    and ckpt.latest_step() != step):
                 save(step)  # the final weights, for evaluate / sample / fine-tuning
         if stop.received:
             say(f"received {stop.received}: stopped after step {step}; checkpoint in "
                 f"{ckpt.directory}/{step}; run the same command again to resume")
-            return {"stopped_at": step, "signal": stop.received}
-
-        if t.sample_tokens and is_main:
+        elif t.sample_tokens and is_main:
             prompt = tokenizer.encode(t.sample_prompt) or [tokenizer.EOT_TOKEN]
             max_new = min(t.sample_tokens, model.config.block_size - len(prompt))
             sample = generate(model, jax.device_get(state.params), prompt, max_new, top_k=200,
@@ -350,14 +414,18 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> dict:
             say("sample:\n" + tokenizer.decode(np.asarray(sample[0])))
 
     peak_bytes = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-    summary = {"first_loss": steps.first_loss, "final_loss": steps.last_loss,
-               "final_val_loss": val_loss, "wall_seconds": time.perf_counter() - start_time,
-               "params": n_params, "start_step": start_step,
-               "peak_memory_gib": None if peak_bytes is None else peak_bytes / 2**30}
-    say(f"done: steps {start_step + 1}-{t.max_steps} in {summary['wall_seconds']:.1f} s"
-        + (f"; loss {steps.first_loss:.4f} -> {steps.last_loss:.4f}" if steps.last_loss else "")
-        + (f", val loss {val_loss:.4f}" if val_loss is not None else "")
-        + (f"; peak device memory {summary['peak_memory_gib']:.1f} GiB" if peak_bytes else ""))
+    result = TrainResult(
+        start_step=start_step, last_step=step, stopped_by=stop.received,
+        first_loss=steps.first_loss, final_loss=steps.last_loss, final_val_loss=val_loss,
+        compile_seconds=steps.compile_seconds, wall_seconds=time.perf_counter() - start_time,
+        params=n_params, peak_memory_gib=None if peak_bytes is None else peak_bytes / 2**30)
+    if not stop.received:
+        say(f"done: steps {start_step + 1}-{step} in {result.wall_seconds:.1f} s"
+            + (f"; loss {result.first_loss:.4f} -> {result.final_loss:.4f}"
+               if result.final_loss is not None else "")
+            + (f", val loss {val_loss:.4f}" if val_loss is not None else "")
+            + (f"; peak device memory {result.peak_memory_gib:.1f} GiB" if peak_bytes else ""))
     if is_main:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+        (workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(result), indent=2)
+                                              + "\n")
+    return result

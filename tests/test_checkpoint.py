@@ -137,9 +137,19 @@ def test_resume_false_sets_the_old_run_aside(tmp_path):
     again = load_config(None, [*IN_PROCESS, "--config.train.max_steps=3",
                                "--config.data.source=synthetic", "--config.train.resume=False"])
     summary = train(again, tmp_path)
-    assert summary["start_step"] == 0
+    assert summary.start_step == 0
     assert len(list(tmp_path.glob("checkpoints.before-*"))) == 1
     assert len(list(tmp_path.glob("metrics.jsonl.before-*"))) == 1
+
+
+def test_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys):
+    c = load_config(None, [*IN_PROCESS, "--config.train.max_steps=3", "--config.data.source=synthetic"])
+    train(c, tmp_path)
+    rows_before = (tmp_path / "metrics.jsonl").read_text()
+    result = train(c, tmp_path)
+    assert (result.start_step, result.last_step) == (3, 3)
+    assert "nothing to do" in capsys.readouterr().out
+    assert (tmp_path / "metrics.jsonl").read_text() == rows_before
 
 
 def test_init_from_takes_the_weights_of_another_run(tmp_path):
@@ -149,7 +159,7 @@ def test_init_from_takes_the_weights_of_another_run(tmp_path):
     tuned = load_config(None, [*IN_PROCESS, "--config.train.max_steps=1",
                                f"--config.train.init_from={tmp_path / 'pretrained'}"])
     summary = train(tuned, tmp_path / "finetune")
-    assert summary["first_loss"] < trained["first_loss"] - 1.0  # starts from trained weights
+    assert summary.first_loss < trained.first_loss - 1.0  # starts from trained weights
 
 
 def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path):

@@ -80,7 +80,7 @@ def test_imported_weights_fine_tune_through_init_from_not_in_place(openai_like, 
     c = load_config(None, [*TINY, *shape, f"--config.train.init_from={imported}"])
     c.stability.window = 7  # another guard shape: irrelevant when only the weights are taken
     summary = train(c, tmp_path / "tuned")
-    assert summary["start_step"] == 0 and np.isfinite(summary["final_loss"])
+    assert summary.start_step == 0 and np.isfinite(summary.final_loss)
     tuned = jax.device_get(load_trained(tmp_path / "tuned").params)
     original = jax.device_get(load_trained(imported).params)
     assert not np.array_equal(tuned["wpe"]["embedding"], original["wpe"]["embedding"])
