@@ -10,7 +10,7 @@ def test_train_bench_measures_and_appends_rows(tmp_path, capsys):
                 "--config.train.seq_len=16", "--config.train.micro_batch_size=1",
                 "--config.train.total_batch_size=128", "--config.mesh.data=-1",
                 "--steps", "1", "--warmup", "1", "--variant=", "--variant=--config.model.remat=full",
-                "--results", str(results)])
+                "--results", str(results), "--jsonl", str(tmp_path / "results.jsonl")])
     rows = results.read_text().splitlines()
     assert len(rows) == 2 and "model.remat=full" in rows[1]
     assert all(r.startswith("| ") and "tok/s" not in r for r in rows)
