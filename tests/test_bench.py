@@ -1,5 +1,7 @@
 """The benchmark commands stay alive on CPU (their GPU figures are in BENCHMARKS.md)."""
 
+import json
+
 from gpt2_jax import bench
 from gpt2_jax.data import bench as data_bench
 
@@ -22,3 +24,22 @@ def test_data_bench_reports_tokens_per_second(capsys):
                      "--threads", "1", "--seconds", "0.5"])
     rate = float(capsys.readouterr().out.split(" tokens/s")[0].replace(",", ""))
     assert rate > 0
+
+
+def test_loop_bench_times_the_trainer_in_windows_and_records_the_fields(tmp_path, capsys):
+    jsonl = tmp_path / "results.jsonl"
+    bench.main(["--loop", "--config.model.n_layer=1", "--config.model.n_embd=32",
+                "--config.model.n_head=2", "--config.train.seq_len=16",
+                "--config.train.micro_batch_size=1", "--config.train.total_batch_size=128",
+                "--config.train.log_every=1", "--config.mesh.data=-1",
+                "--steps", "7", "--warmup", "1", "--window", "3", "--jsonl", str(jsonl),
+                "--run_id", "test-sitting"])
+    (row,) = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert {"date", "gpu", "jax", "config", "overrides", "data", "steps", "tokens_per_step",
+            "tokens_per_sec", "tokens_per_sec_last", "mfu", "peak_memory_gib", "compile_s",
+            "run_id", "command"} <= row.keys()
+    assert (row["data"], row["steps"], row["tokens_per_step"], row["run_id"]) == (
+        "shakespeare", 7, 128, "test-sitting")
+    assert [w[:2] for w in row["windows"]] == [[2, 4], [5, 7]]
+    assert row["tokens_per_sec_last"] == row["windows"][-1][2] > 0
+    assert "steps 5-7:" in capsys.readouterr().out
