@@ -7,7 +7,7 @@
 
 Step mode (default): the jitted train step on random tokens made on the devices, so neither the
 input pipeline nor the host is measured; the timed steps are split in two halves.
-Loop mode (--loop): `trainer.train` itself, as users run it, on the config's data (data.source,
+Loop mode (--loop): `loop.train` itself, as users run it, on the config's data (data.source,
 e.g. real token shards): input pipeline, host-to-device transfer, step, metrics read-back and
 logging, with evaluation, checkpoints and samples off. After `--warmup` steps it reports every
 `--window` steps, so a slowdown over the run shows (llm.c logs the same way).
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import shlex
 import socket
@@ -35,10 +34,11 @@ import jax
 
 from gpt2_jax import metrics, sharding
 from gpt2_jax.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, model_config
-from gpt2_jax.model import flops_per_token
+from gpt2_jax.loop import train
+from gpt2_jax.model import count_params, flops_per_token
+from gpt2_jax.sharding import BatchLayout
+from gpt2_jax.step import build_training
 from gpt2_jax.tokenizer import VOCAB_SIZE
-from gpt2_jax.train_step import build_training
-from gpt2_jax.trainer import BatchLayout, train
 
 
 def kernel_summary(trace_dir: str, top: int = 25) -> str:
@@ -95,7 +95,7 @@ def measure_step(c, steps: int, warmup: int, profile_dir: str | None = None) -> 
                 for _ in range(2):
                     state, step_metrics = compiled(state, batch)
                 jax.block_until_ready((state, step_metrics))
-    n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
+    n_params = count_params(state.params)
     tokens = c.train.total_batch_size
     return _figures(c, model.config, n_params, tokens_per_sec=tokens * steps / sum(
         t for _, t in halves), tokens_per_sec_last=tokens * halves[-1][0] / halves[-1][1],
@@ -104,7 +104,7 @@ def measure_step(c, steps: int, warmup: int, profile_dir: str | None = None) -> 
 
 
 def measure_loop(c, steps: int, warmup: int, window: int) -> dict:
-    """Run `trainer.train` for `steps` steps in a scratch workdir and time it from its own log
+    """Run `loop.train` for `steps` steps in a scratch workdir and time it from its own log
     rows: the mean after `warmup` steps, and each `window` steps from there on."""
     log_every = c.train.log_every
     if warmup % log_every or window % log_every or (steps - warmup) % window or warmup >= steps:

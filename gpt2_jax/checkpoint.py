@@ -8,18 +8,37 @@ while the arrays are copied off the devices.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
 
-from gpt2_jax.config import ConfigError
+from gpt2_jax import sharding
+from gpt2_jax.config import ConfigError, model_config
+from gpt2_jax.model import GPT, abstract_params, param_logical_specs
 
-# Opening a checkpoint directory read-only makes orbax warn about the options it overrides.
-logging.getLogger("absl").addFilter(lambda record: "read_only" not in record.getMessage()
-                                    and "directory is read only" not in record.getMessage())
+
+def _not_read_only_chatter(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return "read_only" not in message and "directory is read only" not in message
+
+
+@contextlib.contextmanager
+def _quiet_read_only():
+    """Opening a checkpoint directory read-only makes orbax warn about the options it overrides:
+    silence those lines while we do, and only those."""
+    logger = logging.getLogger("absl")
+    logger.addFilter(_not_read_only_chatter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_read_only_chatter)
 
 # Keys that fix the params' shapes: a checkpoint and a config taking its weights must agree.
 MODEL_SHAPE_KEYS = ("model.n_layer", "model.n_head", "model.n_embd", "model.vocab_size",
@@ -48,8 +67,9 @@ class Checkpointer:
             max_to_keep=keep, keep_period=keep_period or None, create=not read_only,
             read_only=read_only, enable_async_checkpointing=True,
             cleanup_tmp_directories=not read_only)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "data", "config"))
+        with _quiet_read_only():
+            self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 item_names=("state", "data", "config"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -83,17 +103,20 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_params(directory: str | Path, step: int, abstract_params: Any) -> Any:
+def restore_params(directory: str | Path, step: int, abstract: Any) -> Any:
     """Only the params of a checkpoint (not the optimizer state), laid out as `abstract_params`
     says: evaluation, sampling and fine-tuning need a third of the memory a full restore does."""
-    manager = ocp.CheckpointManager(
-        Path(directory).absolute(), options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler()})
-    target = {"params": abstract_params}
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True)))
-    manager.close()
+    with _quiet_read_only():
+        manager = ocp.CheckpointManager(
+            Path(directory).absolute(), options=ocp.CheckpointManagerOptions(read_only=True),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    target = {"params": abstract}
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)))
+    finally:
+        manager.close()
     return restored.state["params"]
 
 
@@ -120,3 +143,37 @@ def check_same_model(saved: dict, config: ml_collections.ConfigDict, where: str,
     if diffs:
         raise ConfigError(f"the checkpoint in {where} has another model shape ("
                           + "; ".join(diffs) + "); use its settings or another workdir")
+
+
+@dataclasses.dataclass
+class Trained:
+    """A run's weights restored for evaluation, sampling or export."""
+
+    model: GPT
+    params: Any
+    config: ml_collections.ConfigDict  # the run's resolved config, as checkpointed
+    step: int
+    mesh: Mesh
+
+
+def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
+    """The params of `step` (default: the newest) of the run in `workdir`, data-parallel over all
+    devices present (8 GPUs, 1 GPU, 1 CPU), the model built from the checkpoint's own config."""
+    directory = Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        raise ConfigError(f"{workdir}: no checkpoints/ directory (not a training run?)")
+    checkpoints = Checkpointer(directory, read_only=True)
+    try:
+        available = list(checkpoints.manager.all_steps())
+        step = checkpoints.latest_step() if step is None else step
+        if step is None or step not in available:
+            raise ConfigError(f"{directory}: no checkpoint for step {step} "
+                              f"(available: {available})")
+        config = ml_collections.ConfigDict(checkpoints.saved_config(step))
+    finally:
+        checkpoints.close()
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    model = GPT(model_config(config))
+    shardings = sharding.logical_sharding(param_logical_specs(model), mesh)
+    params = restore_params(directory, step, abstract_params(model, shardings))
+    return Trained(model, params, config, step, mesh)

@@ -210,6 +210,7 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None) -> GP
     if attention == "auto":
         attention = "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
     return GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-                     vocab_size=m.vocab_size, block_size=m.block_size, dtype=dtype,
+                     vocab_size=m.vocab_size, real_vocab_size=VOCAB_SIZE,
+                     block_size=m.block_size, dtype=dtype,
                      attention=attention, remat=m.remat, logits_dtype=m.logits_dtype,
                      scan_unroll=m.scan_unroll)

@@ -14,25 +14,21 @@ from pathlib import Path
 
 import jax
 
-from gpt2_jax import hellaswag, sharding, tokenizer
+from gpt2_jax import hellaswag, tokenizer
+from gpt2_jax.checkpoint import Trained, load_trained
 from gpt2_jax.config import ConfigError
-from gpt2_jax.data import pipeline
 from gpt2_jax.data.shards import ShardError
-from gpt2_jax.inference import Trained, load_trained
+from gpt2_jax.data.sources import validation_batches
+from gpt2_jax.decoding import decode_samples, generate
 from gpt2_jax.metrics import MetricsLog
-from gpt2_jax.sample import decode_samples
-from gpt2_jax.sampling import generate
-from gpt2_jax.train_step import make_evaluator
-from gpt2_jax.trainer import data_files
+from gpt2_jax.sharding import BatchLayout
+from gpt2_jax.step import make_evaluator
 
 
 def validation_loss(trained: Trained, workdir: Path, max_batches: int) -> float:
     """Mean loss over the first `max_batches` batches of the run's validation shards."""
     c = trained.config
-    local_batch = c.train.micro_batch_size * sharding.batch_parallelism(trained.mesh)
-    batches = pipeline.eval_batches(data_files(c, workdir, "val"), seq_len=c.train.seq_len,
-                                    local_batch=local_batch // jax.process_count(),
-                                    max_batches=max_batches)
+    batches = validation_batches(c, workdir, BatchLayout.from_config(c, trained.mesh), max_batches)
     with jax.set_mesh(trained.mesh):
         return make_evaluator(trained.model, trained.mesh, c.train.loss_chunk_size)(
             trained.params, batches)

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 
 from gpt2_jax import sharding
 from gpt2_jax.model import GPT
-from gpt2_jax.tokenizer import VOCAB_SIZE
 
 
 def _rms_per_layer(x_LxN: jax.Array) -> jax.Array:
@@ -33,7 +32,7 @@ def make_health_fn(model: GPT) -> Callable:
                      for path, leaf in jax.tree_util.tree_leaves_with_path(params["h"])
                      if path[-1].key == "kernel"}
         return {"residual_rms": residual_rms_L,
-                "max_abs_logit": jnp.max(jnp.abs(logits_BxTxV[..., :VOCAB_SIZE])),
+                "max_abs_logit": jnp.max(jnp.abs(logits_BxTxV[..., :model.config.real_vocab_size])),
                 "param_rms": {**block_rms,
                               "wte": jnp.sqrt(jnp.mean(jnp.square(params["wte"]["embedding"])))}}
 

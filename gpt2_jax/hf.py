@@ -26,9 +26,8 @@ import ml_collections
 import numpy as np
 
 from gpt2_jax import tokenizer
-from gpt2_jax.checkpoint import save_params
+from gpt2_jax.checkpoint import load_trained, save_params
 from gpt2_jax.config import ConfigError, base_config, model_config
-from gpt2_jax.inference import load_trained
 from gpt2_jax.model import GPTConfig
 
 

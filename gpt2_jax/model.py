@@ -10,13 +10,13 @@ K head size, F MLP width, V vocabulary, N tokens, C tokens in a loss chunk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from gpt2_jax.tokenizer import VOCAB_SIZE as GPT2_VOCAB_SIZE
 
 # Names of `model.remat`: "none" stores every activation, "full" recomputes the whole block in the
 # backward pass, anything else is a policy of `jax.checkpoint_policies` (what may be saved).
@@ -30,6 +30,7 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64 for fast matmuls
+    real_vocab_size: int = 50257  # ids the tokenizer makes; the padding rows never win or score
     block_size: int = 1024
     dtype: str = "float32"  # compute dtype; parameters are always float32
     attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
@@ -179,36 +180,36 @@ def embed(table_VxD: jax.Array, ids: jax.Array, dtype) -> jax.Array:
 
 
 def lm_head_logits(h_NxD: jax.Array, wte_VxD: jax.Array, dtype=jnp.float32,
-                   mask_padding: bool = True) -> jax.Array:
+                   real_vocab_size: int | None = None) -> jax.Array:
     """Tied LM head: logits stored in `dtype`, accumulated in fp32 from compute-dtype operands.
 
-    With `mask_padding` the padded vocabulary entries are -inf, so they never win a sample and
+    With `real_vocab_size` the padded vocabulary entries are -inf, so they never win a sample and
     carry no probability (the loss masks them itself, inside its reductions).
     """
     logits_NxV = jnp.dot(h_NxD, wte_VxD.astype(h_NxD.dtype).T, preferred_element_type=dtype)
-    if not mask_padding:
+    if real_vocab_size is None:
         return logits_NxV
-    vocab_ids_V = jnp.arange(wte_VxD.shape[0])
-    return jnp.where(vocab_ids_V < GPT2_VOCAB_SIZE, logits_NxV, -jnp.inf)
+    return jnp.where(jnp.arange(wte_VxD.shape[0]) < real_vocab_size, logits_NxV, -jnp.inf)
 
 
-@jax.custom_vjp
-def summed_softmax_cross_entropy(logits_NxV: jax.Array, targets_N: jax.Array) -> jax.Array:
-    """sum_n (logsumexp over the real vocabulary of logits[n]) - logits[n, target[n]], in fp32.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def summed_softmax_cross_entropy(logits_NxV: jax.Array, targets_N: jax.Array,
+                                 real_vocab_size: int) -> jax.Array:
+    """sum_n (logsumexp of logits[n, :real_vocab_size]) - logits[n, target[n]], in fp32.
 
     A custom VJP, like llm.c's fused classifier: the forward reads the logits twice (max, then
     exp-sum) and the backward writes d(logits) = softmax - onehot in one pass, instead of the ~6
     passes over the (tokens x 50304) array that autodiff of the plain formula makes.
     """
-    return _xent_forward(logits_NxV, targets_N)[0]
+    return _xent_forward(logits_NxV, targets_N, real_vocab_size)[0]
 
 
-def _real_vocab(logits_NxV: jax.Array) -> jax.Array:
-    return jnp.arange(logits_NxV.shape[-1]) < GPT2_VOCAB_SIZE
+def _real_vocab(logits_NxV: jax.Array, real_vocab_size: int) -> jax.Array:
+    return jnp.arange(logits_NxV.shape[-1]) < real_vocab_size
 
 
-def _xent_forward(logits_NxV, targets_N):
-    real_V = _real_vocab(logits_NxV)
+def _xent_forward(logits_NxV, targets_N, real_vocab_size):
+    real_V = _real_vocab(logits_NxV, real_vocab_size)
     x_NxV = logits_NxV.astype(jnp.float32)
     max_N = jnp.max(jnp.where(real_V, x_NxV, -jnp.inf), axis=-1)
     sum_exp_N = jnp.sum(jnp.where(real_V, jnp.exp(x_NxV - max_N[:, None]), 0.0), axis=-1)
@@ -217,10 +218,11 @@ def _xent_forward(logits_NxV, targets_N):
     return jnp.sum(lse_N - target_N), (logits_NxV, targets_N, lse_N)
 
 
-def _xent_backward(residuals, g):
+def _xent_backward(real_vocab_size, residuals, g):
     logits_NxV, targets_N, lse_N = residuals
     x_NxV = logits_NxV.astype(jnp.float32)
-    probs_NxV = jnp.where(_real_vocab(logits_NxV), jnp.exp(x_NxV - lse_N[:, None]), 0.0)
+    probs_NxV = jnp.where(_real_vocab(logits_NxV, real_vocab_size),
+                          jnp.exp(x_NxV - lse_N[:, None]), 0.0)
     onehot_NxV = jnp.arange(logits_NxV.shape[-1]) == targets_N[:, None]
     d_logits_NxV = (probs_NxV - onehot_NxV) * g
     return d_logits_NxV.astype(logits_NxV.dtype), None
@@ -230,7 +232,8 @@ summed_softmax_cross_entropy.defvjp(_xent_forward, _xent_backward)
 
 
 def cross_entropy(h_NxD: jax.Array, wte_VxD: jax.Array, targets_N: jax.Array,
-                  chunk_size: int = 0, logits_dtype=jnp.float32) -> jax.Array:
+                  real_vocab_size: int, chunk_size: int = 0,
+                  logits_dtype=jnp.float32) -> jax.Array:
     """Mean next-token cross-entropy over the real vocabulary, softmax computed in float32.
 
     The logits are stored in `logits_dtype` (bfloat16 halves their memory traffic, as in llm.c's
@@ -240,8 +243,8 @@ def cross_entropy(h_NxD: jax.Array, wte_VxD: jax.Array, targets_N: jax.Array,
     """
 
     def summed_loss(h_CxD, targets_C):
-        logits_CxV = lm_head_logits(h_CxD, wte_VxD, logits_dtype, mask_padding=False)
-        return summed_softmax_cross_entropy(logits_CxV, targets_C)
+        logits_CxV = lm_head_logits(h_CxD, wte_VxD, logits_dtype)
+        return summed_softmax_cross_entropy(logits_CxV, targets_C, real_vocab_size)
 
     n_tokens = h_NxD.shape[0]
     if chunk_size <= 0 or chunk_size >= n_tokens:
@@ -300,14 +303,50 @@ class GPT(nn.Module):
     def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
         """Next-token logits, (B, T, V) float32, padded vocabulary at -inf."""
         h_BxTxD = self.hidden_states(tokens_BxT)
-        return lm_head_logits(h_BxTxD, self.wte.embedding)
+        return lm_head_logits(h_BxTxD, self.wte.embedding,
+                              real_vocab_size=self.config.real_vocab_size)
 
     def loss(self, tokens_BxT: jax.Array, targets_BxT: jax.Array,
              chunk_size: int = 0) -> jax.Array:
         """Mean cross-entropy of predicting `targets_BxT`; see `cross_entropy`."""
         h_BxTxD = self.hidden_states(tokens_BxT)
         return cross_entropy(h_BxTxD.reshape(-1, self.config.n_embd), self.wte.embedding,
-                             targets_BxT.reshape(-1), chunk_size, self.config.logits_dtype)
+                             targets_BxT.reshape(-1), self.config.real_vocab_size, chunk_size,
+                             self.config.logits_dtype)
+
+
+def next_token_loss(model: GPT, params: Any, tokens_BxT1: jax.Array,
+                    chunk_size: int = 0) -> jax.Array:
+    """Mean loss of predicting each row's tokens 1..T from tokens 0..T-1 ((batch, T + 1) rows,
+    as the data pipeline makes them)."""
+    return model.apply({"params": params}, tokens_BxT1[:, :-1], tokens_BxT1[:, 1:], chunk_size,
+                       method=GPT.loss)
+
+
+def init_params(model: GPT, rng: jax.Array) -> Any:
+    """The params pytree (logical-axis boxes removed)."""
+    return nn.unbox(model.init(rng, jnp.zeros((1, 1), jnp.int32)))["params"]
+
+
+def param_logical_specs(model: GPT) -> Any:
+    """The params' logical PartitionSpecs, read off the model without allocating anything."""
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    return nn.get_partition_spec(abstract)["params"]
+
+
+def abstract_params(model: GPT, shardings: Any = None) -> Any:
+    """The params' shapes and dtypes as ShapeDtypeStructs (with `shardings`, laid out by them),
+    without allocating anything: what a restore or a sharding plan starts from."""
+    abstract = jax.eval_shape(lambda rng: init_params(model, rng), jax.random.key(0))
+    if shardings is None:
+        return abstract
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+
+
+def count_params(params: Any) -> int:
+    """Parameters in a params pytree (arrays or ShapeDtypeStructs)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
 
 
 def flops_per_token(cfg: GPTConfig, n_params: int, seq_len: int) -> float:

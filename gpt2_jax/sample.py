@@ -7,22 +7,11 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 from gpt2_jax import tokenizer
+from gpt2_jax.checkpoint import load_trained
 from gpt2_jax.config import ConfigError
-from gpt2_jax.inference import load_trained
-from gpt2_jax.sampling import generate
-
-
-def decode_samples(tokens, prompt_len: int, stop_at_eot: bool) -> list[str]:
-    """The continuations as text, each cut at its first <|endoftext|> when asked."""
-    texts = []
-    for row in np.asarray(tokens)[:, prompt_len:]:
-        if stop_at_eot and tokenizer.EOT_TOKEN in row:
-            row = row[:list(row).index(tokenizer.EOT_TOKEN)]
-        texts.append(tokenizer.decode(row))
-    return texts
+from gpt2_jax.decoding import decode_samples, generate
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ on its activations, so no op needs an explicit out_sharding.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -74,6 +75,29 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
 def batch_parallelism(mesh: Mesh) -> int:
     """How many ways the batch is split (the data-parallel degree)."""
     return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """How `train.total_batch_size` tokens per step split over devices and micro-steps."""
+
+    accum_steps: int  # micro-steps accumulated per optimizer step
+    global_micro_batch: int  # sequences per micro-step, all devices
+    local_micro_batch: int  # sequences per micro-step fed by this process
+
+    @classmethod
+    def from_config(cls, c, mesh: Mesh) -> "BatchLayout":
+        t = c.train
+        global_micro = t.micro_batch_size * batch_parallelism(mesh)
+        micro_tokens = global_micro * t.seq_len
+        if t.total_batch_size % micro_tokens:
+            raise ConfigError(
+                f"train.total_batch_size ({t.total_batch_size}) must be a multiple of "
+                f"train.micro_batch_size x data-parallel devices x train.seq_len = "
+                f"{t.micro_batch_size} x {batch_parallelism(mesh)} x {t.seq_len} = "
+                f"{micro_tokens}")
+        return cls(accum_steps=t.total_batch_size // micro_tokens, global_micro_batch=global_micro,
+                   local_micro_batch=global_micro // jax.process_count())
 
 
 def logical_sharding(logical_specs, mesh: Mesh, rules: tuple = LOGICAL_AXIS_RULES):

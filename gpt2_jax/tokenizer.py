@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 
+import numpy as np
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
@@ -42,6 +43,12 @@ def get_tokenizer() -> tiktoken.Encoding:
 def encode(text: str) -> list[int]:
     """Ordinary text to token ids (special tokens in the text are encoded as plain text)."""
     return get_tokenizer().encode_ordinary(text)
+
+
+def tokenize_document(text: str) -> np.ndarray:
+    """<|endoftext|> then the document's tokens, as uint16 (llm.c's shards: every document
+    starts with the end-of-text token)."""
+    return np.array([EOT_TOKEN, *encode(text)], dtype=np.uint16)
 
 
 def decode(tokens) -> str:

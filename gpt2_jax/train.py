@@ -1,6 +1,6 @@
 """Train GPT-2: `python -m gpt2_jax.train [--config PATH] [--config.KEY=VALUE ...] [--workdir DIR]`.
 
-Intentionally short: the logic lives in modules that can be imported and tested (trainer.py).
+Intentionally short: the logic lives in modules that can be imported and tested (loop.py, the training loop).
 With no --config, a small GPT-2 trains on the Shakespeare text the package ships.
 Several processes (hosts) join one run with --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I, or automatically under SLURM (launch/slurm.sbatch).
@@ -14,7 +14,7 @@ from pathlib import Path
 from gpt2_jax.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from gpt2_jax.data.shards import ShardError
 from gpt2_jax.distributed import initialize
-from gpt2_jax.trainer import TrainingDiverged, train
+from gpt2_jax.loop import TrainingDiverged, train
 
 
 FLAGS = ("--config", "--workdir", "--coordinator_address", "--num_processes", "--process_id")

@@ -2,17 +2,23 @@
 
 import json
 
+import pytest
+
 from gpt2_jax import bench
 from gpt2_jax.data import bench as data_bench
 
+# A one-layer GPT-2 on the 8 fake CPU devices, 128 tokens a step.
+TINY_BENCH = ["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
+              "--config.train.seq_len=16", "--config.train.micro_batch_size=1",
+              "--config.train.total_batch_size=128", "--config.mesh.data=-1"]
 
+
+@pytest.mark.slow
 def test_train_bench_measures_and_appends_rows(tmp_path, capsys):
     results = tmp_path / "rows.md"
-    bench.main(["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
-                "--config.train.seq_len=16", "--config.train.micro_batch_size=1",
-                "--config.train.total_batch_size=128", "--config.mesh.data=-1",
-                "--steps", "1", "--warmup", "1", "--variant=", "--variant=--config.model.remat=full",
-                "--results", str(results), "--jsonl", str(tmp_path / "results.jsonl")])
+    bench.main([*TINY_BENCH, "--steps", "1", "--warmup", "1", "--variant=",
+                "--variant=--config.model.remat=full", "--results", str(results),
+                "--jsonl", str(tmp_path / "results.jsonl")])
     rows = results.read_text().splitlines()
     assert len(rows) == 2 and "model.remat=full" in rows[1]
     assert all(r.startswith("| ") and "tok/s" not in r for r in rows)
@@ -26,13 +32,10 @@ def test_data_bench_reports_tokens_per_second(capsys):
     assert rate > 0
 
 
+@pytest.mark.slow
 def test_loop_bench_times_the_trainer_in_windows_and_records_the_fields(tmp_path, capsys):
     jsonl = tmp_path / "results.jsonl"
-    bench.main(["--loop", "--config.model.n_layer=1", "--config.model.n_embd=32",
-                "--config.model.n_head=2", "--config.train.seq_len=16",
-                "--config.train.micro_batch_size=1", "--config.train.total_batch_size=128",
-                "--config.train.log_every=1", "--config.mesh.data=-1",
-                "--steps", "7", "--warmup", "1", "--window", "3", "--jsonl", str(jsonl),
+    bench.main(["--loop", *TINY_BENCH, "--config.train.log_every=1", "--steps", "7", "--warmup", "1", "--window", "3", "--jsonl", str(jsonl),
                 "--run_id", "test-sitting"])
     (row,) = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert {"date", "gpu", "jax", "config", "overrides", "data", "steps", "tokens_per_step",

@@ -11,14 +11,14 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY
+from helpers import TINY
 from gpt2_jax import sharding
 from gpt2_jax.checkpoint import Checkpointer
 from gpt2_jax.config import ConfigError, load_config, model_config
 from gpt2_jax.model import GPT
 from gpt2_jax.optim import make_optimizer
-from gpt2_jax.train_step import abstract_train_state, create_train_state, state_shardings
-from gpt2_jax.trainer import train
+from gpt2_jax.step import abstract_train_state, create_train_state, state_shardings
+from gpt2_jax.loop import train
 
 # The tiny model on the shipped Shakespeare shards, checkpointing every 3 steps, 1 CPU device.
 RUN = [*TINY, "--config.data.source=shakespeare", "--config.data.num_threads=1",
@@ -87,6 +87,7 @@ def assert_same_run(workdir, straight_run):
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), expected_params)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_zero_and_resume_is_exact(tmp_path, straight_run):
     proc = run_until_step(tmp_path, 7)
     proc.send_signal(signal.SIGTERM)
@@ -101,6 +102,7 @@ def test_sigterm_saves_exits_zero_and_resume_is_exact(tmp_path, straight_run):
     assert_same_run(tmp_path, straight_run)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_resumes_from_last_complete_checkpoint(tmp_path, straight_run):
     rng = random.Random(0)
     for kill_step in sorted(rng.sample(range(4, 28), 3)):
@@ -112,6 +114,7 @@ def test_sigkill_at_random_moments_resumes_from_last_complete_checkpoint(tmp_pat
     assert_same_run(tmp_path, straight_run)
 
 
+@pytest.mark.slow
 def test_incomplete_checkpoint_is_skipped_and_said(tmp_path):
     run_to_end(tmp_path, "--config.train.max_steps=6")
     half_written = tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1234567"
@@ -121,6 +124,7 @@ def test_incomplete_checkpoint_is_skipped_and_said(tmp_path):
     assert "resumed from checkpoint step 6" in out
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_shape_is_refused_naming_keys(tmp_path):
     c = load_config(None, [*IN_PROCESS, "--config.train.max_steps=3", "--config.data.source=synthetic"])
     train(c, tmp_path)
@@ -131,6 +135,7 @@ def test_resume_with_another_model_shape_is_refused_naming_keys(tmp_path):
         train(wider, tmp_path)
 
 
+@pytest.mark.slow
 def test_resume_false_sets_the_old_run_aside(tmp_path):
     c = load_config(None, [*IN_PROCESS, "--config.train.max_steps=3", "--config.data.source=synthetic"])
     train(c, tmp_path)
@@ -142,6 +147,7 @@ def test_resume_false_sets_the_old_run_aside(tmp_path):
     assert len(list(tmp_path.glob("metrics.jsonl.before-*"))) == 1
 
 
+@pytest.mark.slow
 def test_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys):
     c = load_config(None, [*IN_PROCESS, "--config.train.max_steps=3", "--config.data.source=synthetic"])
     train(c, tmp_path)
@@ -152,6 +158,7 @@ def test_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys):
     assert (tmp_path / "metrics.jsonl").read_text() == rows_before
 
 
+@pytest.mark.slow
 def test_init_from_takes_the_weights_of_another_run(tmp_path):
     base = load_config(None, [*IN_PROCESS, "--config.train.max_steps=40", "--config.optim.lr=1e-2",
                               "--config.optim.warmup_steps=2"])

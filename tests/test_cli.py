@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test here starts a real process
+
 
 def run_train(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

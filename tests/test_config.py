@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import CONFIGS
+from helpers import CONFIGS
 from gpt2_jax.config import ConfigError, load_config, model_config
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from gpt2_jax import hellaswag, tokenizer
 from gpt2_jax.model import GPT, GPTConfig
-from gpt2_jax.sampling import generate
-from gpt2_jax.train_step import init_params
+from gpt2_jax.decoding import generate
+from gpt2_jax.model import init_params
 
-from conftest import FIXTURES, run_module
+from helpers import FIXTURES, run_module
 
 FIXTURE = FIXTURES / "hellaswag_mini.jsonl"
 
@@ -76,6 +76,7 @@ def test_missing_hellaswag_file_is_a_clear_error(tmp_path):
         hellaswag.find_or_download(str(tmp_path / "nope.jsonl"))
 
 
+@pytest.mark.slow
 def test_evaluate_restores_and_reports_val_loss_and_hellaswag(trained_run):
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     in_training = [r for r in rows if "val_loss" in r][-1]  # one eval row: val loss + HellaSwag
@@ -91,12 +92,14 @@ def test_evaluate_restores_and_reports_val_loss_and_hellaswag(trained_run):
     assert last["hellaswag_acc"] == in_training["hellaswag_acc"]
 
 
+@pytest.mark.slow
 def test_evaluate_with_missing_hellaswag_path_fails_clearly(trained_run):
     result = run_module("gpt2_jax.evaluate", "--workdir", str(trained_run), "--hellaswag",
                         "missing.jsonl", "--samples", "0", cwd=trained_run)
     assert result.returncode != 0 and "missing.jsonl: no such file" in result.stderr
 
 
+@pytest.mark.slow
 def test_sample_command_continues_the_prompt(trained_run):
     result = run_module("gpt2_jax.sample", "--workdir", str(trained_run), "--prompt", "ROMEO:",
                         "--max_new_tokens", "8", "--num_samples", "2", "--temperature", "0",
@@ -105,6 +108,7 @@ def test_sample_command_continues_the_prompt(trained_run):
     assert result.stdout.count("ROMEO:") == 2 and "tokens/s" in result.stderr
 
 
+@pytest.mark.slow
 def test_sample_from_a_directory_without_checkpoints_fails_clearly(tmp_path):
     result = run_module("gpt2_jax.sample", "--workdir", str(tmp_path), cwd=tmp_path)
     assert result.returncode != 0 and "no checkpoints/ directory" in result.stderr
@@ -112,7 +116,7 @@ def test_sample_from_a_directory_without_checkpoints_fails_clearly(tmp_path):
 
 def test_training_with_hellaswag_and_no_copy_fails_before_starting(tiny_config, tmp_path):
     from gpt2_jax.config import ConfigError
-    from gpt2_jax.trainer import hellaswag_examples
+    from gpt2_jax.loop import hellaswag_examples
 
     c = tiny_config("--config.train.hellaswag_every=10",
                     f"--config.train.hellaswag_file={tmp_path / 'absent.jsonl'}")

@@ -10,10 +10,10 @@ import transformers
 
 from gpt2_jax import hf, tokenizer
 from gpt2_jax.config import ConfigError, load_config
-from gpt2_jax.inference import load_trained
-from gpt2_jax.trainer import train
+from gpt2_jax.checkpoint import load_trained
+from gpt2_jax.loop import train
 
-from conftest import TINY, run_module
+from helpers import TINY, run_module
 
 TOKENS = np.array([[464, 3290, 318, 257, 1263, 11, 50256, 40, 1101, 13]])
 
@@ -29,6 +29,7 @@ def hf_logits(directory) -> np.ndarray:
         return model(torch.from_numpy(TOKENS)).logits.numpy()
 
 
+@pytest.mark.slow
 def test_export_loads_in_transformers_with_our_logits_and_imports_back_exactly(
         trained_run, tmp_path):
     out = tmp_path / "hf"
@@ -59,6 +60,7 @@ def openai_like(tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 def test_import_of_a_transformers_checkpoint_gives_its_logits(openai_like, tmp_path):
     workdir = tmp_path / "imported"
     result = run_module("gpt2_jax.hf", "import", str(openai_like), "--workdir", str(workdir),
@@ -70,6 +72,7 @@ def test_import_of_a_transformers_checkpoint_gives_its_logits(openai_like, tmp_p
     np.testing.assert_allclose(our_logits(trained), hf_logits(openai_like), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_imported_weights_fine_tune_through_init_from_not_in_place(openai_like, tmp_path):
     imported = tmp_path / "imported"
     hf.import_weights(str(openai_like), imported)

@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import CONFIGS
+from helpers import CONFIGS
 
 from gpt2_jax.config import load_config
 from gpt2_jax.optim import decay_mask, lr_schedule, make_optimizer

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import TINY, run_steps
+from helpers import TINY, run_steps
 from gpt2_jax import sharding
 from gpt2_jax.config import ConfigError, load_config
 from gpt2_jax.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
-from gpt2_jax.trainer import BatchLayout
+from gpt2_jax.sharding import BatchLayout
 
 # 4 heads so that a 4-way tensor axis splits them; 16 sequences of 16 tokens per step.
 SPMD = [*TINY, "--config.model.n_head=4", "--config.train.total_batch_size=256",
@@ -102,6 +102,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     """Two real processes (2 CPU devices each, jax.distributed + gloo) match one process."""
     run = [*SPMD, "--config.mesh.data=-1", "--config.data.source=shakespeare",

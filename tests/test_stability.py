@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from conftest import TINY, run_steps
+from helpers import TINY, run_steps
 from gpt2_jax import plot, sharding, stability
 from gpt2_jax.checkpoint import Checkpointer
 from gpt2_jax.config import load_config, model_config
@@ -18,8 +18,9 @@ from gpt2_jax.health import make_health_fn
 from gpt2_jax.model import GPT
 from gpt2_jax.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
-from gpt2_jax.train_step import abstract_train_state, init_params, state_shardings
-from gpt2_jax.trainer import TrainingDiverged, train
+from gpt2_jax.model import init_params
+from gpt2_jax.step import abstract_train_state, state_shardings
+from gpt2_jax.loop import TrainingDiverged, train
 
 GUARDED = [*TINY, "--config.optim.lr=3e-3", "--config.optim.warmup_steps=2",
            "--config.optim.final_lr_frac=1.0", "--config.stability.window=8",
@@ -86,6 +87,7 @@ def nan_run_config(train_files, *extra):
                               "--config.stability.max_bad_steps=2", *extra])
 
 
+@pytest.mark.slow
 def test_planted_nan_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     write_shard(tmp_path / "good_train.bin", rng.integers(0, VOCAB_SIZE, 20_000))
@@ -129,6 +131,7 @@ def read_events(directory):
     return scalars
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_the_metrics(tmp_path):
     c = load_config(None, [*TINY, "--config.mesh.data=-1", "--config.train.total_batch_size=256",
                            "--config.train.max_steps=4", "--config.train.log_every=1",

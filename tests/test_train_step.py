@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import optax
 
-from conftest import run_steps
+from helpers import run_steps
 from gpt2_jax import sharding
 from gpt2_jax.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE

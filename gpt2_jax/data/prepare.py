@@ -34,11 +34,6 @@ STATE_FILE = "prepare_state.json"
 FINEWEB_SAMPLE_TOKENS = {"10BT": 10e9, "100BT": 100e9, "350BT": 350e9}
 
 
-def tokenize_document(text: str) -> np.ndarray:
-    """<|endoftext|> then the document's tokens, as uint16."""
-    return np.array([tokenizer.EOT_TOKEN, *tokenizer.encode(text)], dtype=np.uint16)
-
-
 def read_local_documents(files: list[str], text_field: str = "text") -> Iterator[str]:
     """Documents of local files in order: a .txt file is one document, a .jsonl line or a
     .parquet row is one (its `text_field`)."""
@@ -179,7 +174,7 @@ def prepare(documents: Iterable[str], out_dir: str | Path, name: str, source: di
 
 
 def _tokenize_and_measure(text: str) -> tuple[int, np.ndarray]:
-    return len(text.encode("utf-8")), tokenize_document(text)
+    return len(text.encode("utf-8")), tokenizer.tokenize_document(text)
 
 
 def main(argv: list[str] | None = None) -> None:

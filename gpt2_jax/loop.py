@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import queue
 import signal
 import threading
@@ -20,63 +19,12 @@ import numpy as np
 from gpt2_jax import hellaswag, metrics, sharding, tokenizer
 from gpt2_jax.checkpoint import MODEL_SHAPE_KEYS, Checkpointer, check_same_model, restore_params
 from gpt2_jax.config import ConfigError
-from gpt2_jax.data import pipeline
-from gpt2_jax.data.shakespeare import prepare_shakespeare
-from gpt2_jax.data.shards import find_shards
+from gpt2_jax.data.sources import make_data
+from gpt2_jax.decoding import generate
 from gpt2_jax.health import health_line, make_health_fn
-from gpt2_jax.model import flops_per_token
-from gpt2_jax.sampling import generate
-from gpt2_jax.train_step import build_training, make_evaluator
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchLayout:
-    """How `train.total_batch_size` tokens per step split over devices and micro-steps."""
-
-    accum_steps: int  # micro-steps accumulated per optimizer step
-    global_micro_batch: int  # sequences per micro-step, all devices
-    local_micro_batch: int  # sequences per micro-step fed by this process
-
-    @classmethod
-    def from_config(cls, c: ml_collections.ConfigDict, mesh) -> "BatchLayout":
-        t = c.train
-        global_micro = t.micro_batch_size * sharding.batch_parallelism(mesh)
-        micro_tokens = global_micro * t.seq_len
-        if t.total_batch_size % micro_tokens:
-            raise ConfigError(
-                f"train.total_batch_size ({t.total_batch_size}) must be a multiple of "
-                f"train.micro_batch_size x data-parallel devices x train.seq_len = "
-                f"{t.micro_batch_size} x {sharding.batch_parallelism(mesh)} x {t.seq_len} = "
-                f"{micro_tokens}")
-        return cls(accum_steps=t.total_batch_size // micro_tokens, global_micro_batch=global_micro,
-                   local_micro_batch=global_micro // jax.process_count())
-
-
-def data_files(c: ml_collections.ConfigDict, workdir: Path, split: str) -> list[str]:
-    """Shard files of `split` ("train" or "val") for data.source = shards or shakespeare."""
-    if c.data.source == "shakespeare":
-        return [prepare_shakespeare(workdir / "data")[split == "val"]]
-    return find_shards(c.data[f"{split}_files"])
-
-
-def make_data(c: ml_collections.ConfigDict, workdir: Path, layout: BatchLayout, say):
-    """(train iterator with get_state/set_state, validation batches or None)."""
-    seq_len = c.train.seq_len
-    if c.data.source == "synthetic":
-        say("data: SYNTHETIC random tokens (data.source=synthetic); losses measure nothing real")
-        return pipeline.SyntheticBatches(seq_len=seq_len, accum_steps=layout.accum_steps,
-                                         local_batch=layout.local_micro_batch,
-                                         seed=c.train.seed), None
-    train_files, val_files = data_files(c, workdir, "train"), data_files(c, workdir, "val")
-    say(f"data: {len(train_files)} train shard(s), {len(val_files)} val shard(s)")
-    train_batches = pipeline.train_batches(
-        train_files, seq_len=seq_len, accum_steps=layout.accum_steps,
-        local_batch=layout.local_micro_batch, seed=c.train.seed,
-        num_threads=c.data.num_threads, prefetch=c.data.prefetch)
-    val_batches = pipeline.eval_batches(val_files, seq_len=seq_len,
-                                        local_batch=layout.local_micro_batch,
-                                        max_batches=c.train.eval_steps)
-    return train_batches, val_batches
+from gpt2_jax.model import count_params, flops_per_token
+from gpt2_jax.sharding import BatchLayout
+from gpt2_jax.step import build_training, make_evaluator
 
 
 def hellaswag_examples(c: ml_collections.ConfigDict) -> list[hellaswag.Rendered]:
@@ -117,11 +65,13 @@ def restore_params_from(path: str, abstract_params, c: ml_collections.ConfigDict
     if (directory / "checkpoints").is_dir():
         directory = directory / "checkpoints"
     source = Checkpointer(directory, read_only=True)
-    step = source.latest_step()
-    if step is None:
-        raise ConfigError(f"train.init_from: no checkpoint in {directory}")
-    check_same_model(source.saved_config(step), c, str(directory), MODEL_SHAPE_KEYS)
-    source.close()
+    try:
+        step = source.latest_step()
+        if step is None:
+            raise ConfigError(f"train.init_from: no checkpoint in {directory}")
+        check_same_model(source.saved_config(step), c, str(directory), MODEL_SHAPE_KEYS)
+    finally:
+        source.close()
     return restore_params(directory, step, abstract_params), f"{directory} step {step}"
 
 
@@ -329,7 +279,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
                 state = state.replace(params=params)
                 say(f"initialized weights from {source} (fresh optimizer state)")
 
-        n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
+        n_params = count_params(state.params)
         health = make_health_fn(model)
         validation_loss = make_evaluator(model, mesh, t.loss_chunk_size)
         say(f"model: {model.config.n_layer} layers, {model.config.n_head} heads, "

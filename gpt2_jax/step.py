@@ -6,7 +6,6 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gpt2_jax import sharding, stability
 from gpt2_jax.config import model_config
-from gpt2_jax.model import GPT
+from gpt2_jax.model import GPT, abstract_params, init_params, next_token_loss, param_logical_specs
 from gpt2_jax.optim import lr_schedule, make_optimizer
 
 
@@ -28,17 +27,6 @@ class TrainState:
     guard: stability.GuardState  # recent losses / grad norms for the outlier guard
 
 
-def param_logical_specs(model: GPT):
-    """The params' logical PartitionSpecs, read off the model without allocating anything."""
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-    return nn.get_partition_spec(abstract)["params"]
-
-
-def init_params(model: GPT, rng: jax.Array) -> Any:
-    """The params pytree (logical-axis boxes removed)."""
-    return nn.unbox(model.init(rng, jnp.zeros((1, 1), jnp.int32)))["params"]
-
-
 def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh,
                     guard_window: int, zero1: bool = False) -> TrainState:
     """Shardings of every leaf of the train state: moments follow their params' logical axes
@@ -47,9 +35,8 @@ def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh,
     params = sharding.logical_sharding(specs, mesh)
     moments = sharding.logical_sharding(specs, mesh, sharding.optimizer_rules(zero1))
     replicated = NamedSharding(mesh, P())
-    abstract_params = jax.eval_shape(lambda rng: init_params(model, rng), jax.random.key(0))
     opt_state = optax.tree_map_params(
-        tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), moments,
+        tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params(model)), moments,
         transform_non_params=lambda _: replicated)
     guard = jax.tree.map(lambda _: replicated,
                          jax.eval_shape(lambda: stability.init_guard(guard_window)))
@@ -87,14 +74,11 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: opta
     The outlier guard (stability.py) decides in the same jit whether the update is applied.
     """
 
-    def loss_fn(params, tokens_BxT1):
-        return model.apply({"params": params}, tokens_BxT1[:, :-1], tokens_BxT1[:, 1:],
-                           loss_chunk_size, method=GPT.loss)
-
     def train_step(state: TrainState, tokens_AxBxT1: jax.Array):
         with sharding.axis_rules():
             def micro_step(grad_sum, tokens_BxT1):
-                loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens_BxT1)
+                loss, grads = jax.value_and_grad(next_token_loss, argnums=1)(
+                    model, state.params, tokens_BxT1, loss_chunk_size)
                 return jax.tree.map(jnp.add, grad_sum, grads), loss
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -130,8 +114,7 @@ def make_evaluator(model: GPT, mesh: Mesh, loss_chunk_size: int) -> Callable:
     @functools.partial(jax.jit, in_shardings=(None, batch_sharding))
     def eval_step(params, tokens_BxT1):
         with sharding.axis_rules():
-            return model.apply({"params": params}, tokens_BxT1[:, :-1], tokens_BxT1[:, 1:],
-                               loss_chunk_size, method=GPT.loss)
+            return next_token_loss(model, params, tokens_BxT1, loss_chunk_size)
 
     def mean_loss(params, batches) -> float:
         losses = [eval_step(params, sharding.to_global_array(b, batch_sharding)) for b in batches]

@@ -1,5 +1,6 @@
 """Autoregressive sampling with a KV cache: the prompt is processed once (prefill), then each new
-token costs one position, all inside one compiled loop (no host round trips)."""
+token costs one position, all inside one compiled loop (no host round trips); and the samples
+back to text."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from gpt2_jax import tokenizer
 from gpt2_jax.model import GPT
 
 
@@ -64,3 +67,13 @@ def generate(model: GPT, params, prompt: list[int], max_new_tokens: int, *, num_
     prompt_BxP = jnp.tile(jnp.asarray(prompt, jnp.int32), (num_samples, 1))
     return _generate(model, params, prompt_BxP, jax.random.key(seed),
                      max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
+
+
+def decode_samples(tokens, prompt_len: int, stop_at_eot: bool) -> list[str]:
+    """The continuations as text, each cut at its first <|endoftext|> when asked."""
+    texts = []
+    for row in np.asarray(tokens)[:, prompt_len:]:
+        if stop_at_eot and tokenizer.EOT_TOKEN in row:
+            row = row[:list(row).index(tokenizer.EOT_TOKEN)]
+        texts.append(tokenizer.decode(row))
+    return texts

@@ -1,0 +1,45 @@
+"""What tests share: paths, a tiny config, and ways to train or run a command."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# A GPT-2 small enough to train in seconds on CPU; it keeps the real (padded) vocabulary.
+TINY = [
+    "--config.model.n_layer=2", "--config.model.n_head=2", "--config.model.n_embd=32",
+    "--config.model.block_size=32", "--config.model.dtype=float32",
+    "--config.train.seq_len=16", "--config.train.micro_batch_size=2",
+    "--config.train.total_batch_size=32", "--config.train.max_steps=10",
+    "--config.train.eval_every=0", "--config.train.sample_tokens=0",
+    "--config.mesh.data=1", "--config.data.source=synthetic",
+]
+
+
+def run_steps(c, mesh, tx, batches):
+    """Train from a fresh state over `batches` (each (accum, batch, T + 1) numpy) on `mesh`;
+    returns (final state on the devices, the same on the host, per-step metrics)."""
+    import jax
+
+    from gpt2_jax import sharding
+    from gpt2_jax.step import build_training
+
+    with jax.set_mesh(mesh):
+        training = build_training(c, mesh, tx)
+        state = training.init_state(seed=0)
+        history = []
+        for batch in batches:
+            global_batch = sharding.to_global_array(batch, sharding.batch_sharding(mesh))
+            state, metrics = training.train_step(state, global_batch)
+            history.append(jax.device_get(metrics))
+        return state, jax.device_get(state), history
+
+
+def run_module(module, *args, cwd):
+    """`python -m module args` in a subprocess on one CPU device."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
