@@ -3,14 +3,20 @@
 Layout: `<workdir>/checkpoints/<step>/{state,data,config}`. Orbax writes each checkpoint into a
 temporary directory and renames it into place once complete, so a crash mid-write leaves the
 previous checkpoint as the newest usable one. Saves are asynchronous: the train loop blocks only
-while the arrays are copied off the devices.
+while the arrays are copied off the devices. A checkpoint damaged later (a file truncated,
+overwritten or deleted) fails to restore: the trainer moves it aside to
+`checkpoints/broken-<step>-<time>/` and resumes from the next newest; evaluation and sampling fall
+back to the next newest without touching the run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +26,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from gpt2_jax import sharding
-from gpt2_jax.config import ConfigError, model_config
+from gpt2_jax.config import model_config
+from gpt2_jax.errors import CheckpointError
 from gpt2_jax.model import GPT, abstract_params, param_logical_specs
 
 
@@ -54,6 +61,24 @@ def incomplete_checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_dir() and "tmp" in p.name)
 
 
+class BrokenCheckpoint(Exception):
+    """A checkpoint item (state, data or config) that does not restore: damaged or missing
+    files. The message is the item's path and what failed."""
+
+
+def _restore_item(manager: ocp.CheckpointManager, step: int, item: str, args) -> Any:
+    """One item of checkpoint `step`; any failure to read it raises BrokenCheckpoint (a failure
+    for want of memory is not the checkpoint's fault and propagates as it is)."""
+    try:
+        with guarded_restore():
+            return getattr(manager.restore(step, args=ocp.args.Composite(**{item: args})), item)
+    except Exception as e:  # noqa: BLE001 - orbax, tensorstore and json fail in many ways
+        if is_out_of_memory(e):
+            raise
+        path = Path(manager.directory) / str(step) / item
+        raise BrokenCheckpoint(f"{path}: {describe_failure(e)}") from e
+
+
 class Checkpointer:
     """Saves and restores one run's checkpoints (every `train.checkpoint_every` steps)."""
 
@@ -61,18 +86,30 @@ class Checkpointer:
                  read_only: bool = False):
         self.directory = Path(directory).absolute()
         if read_only and not self.directory.is_dir():
-            raise FileNotFoundError(f"no checkpoints directory at {self.directory}")
+            raise CheckpointError(f"no checkpoints directory at {self.directory}")
         self.skipped = incomplete_checkpoints(self.directory)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, keep_period=keep_period or None, create=not read_only,
-            read_only=read_only, enable_async_checkpointing=True,
-            cleanup_tmp_directories=not read_only)
         with _quiet_read_only():
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, keep_period=keep_period or None, create=not read_only,
+                read_only=read_only, enable_async_checkpointing=True,
+                cleanup_tmp_directories=not read_only)
             self.manager = ocp.CheckpointManager(self.directory, options=options,
                                                  item_names=("state", "data", "config"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def set_aside(self, step: int) -> Path:
+        """Move a broken checkpoint out of the way, never deleting it; returns where it went."""
+        target = self.directory / f"broken-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self.manager.reload()
+        return target
 
     def save(self, step: int, state: Any, data_state: dict,
              config: ml_collections.ConfigDict) -> None:
@@ -82,18 +119,15 @@ class Checkpointer:
             data=ocp.args.JsonSave(data_state),
             config=ocp.args.JsonSave(config.to_dict())), force=True)
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-        """(state, data-iterator state, config dict) of `step`, laid out as `abstract_state` says
-        (its ShapeDtypeStructs carry the target shardings: any mesh, one CPU included)."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            config=ocp.args.JsonRestore()))
-        return restored.state, restored.data, restored.config
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """(state, data-iterator state) of `step`, laid out as `abstract_state` says (its
+        ShapeDtypeStructs carry the target shardings: any mesh, one CPU included)."""
+        state = _restore_item(self.manager, step, "state",
+                              ocp.args.StandardRestore(abstract_state))
+        return state, _restore_item(self.manager, step, "data", ocp.args.JsonRestore())
 
     def saved_config(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore())).config
+        return _restore_item(self.manager, step, "config", ocp.args.JsonRestore())
 
     def wait(self) -> None:
         """Block until every pending save is on disk."""
@@ -112,12 +146,12 @@ def restore_params(directory: str | Path, step: int, abstract: Any) -> Any:
             item_handlers={"state": ocp.PyTreeCheckpointHandler()})
     target = {"params": abstract}
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        state = _restore_item(manager, step, "state", ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True)))
+            partial_restore=True))
     finally:
         manager.close()
-    return restored.state["params"]
+    return state["params"]
 
 
 def save_params(directory: str | Path, step: int, params: Any,
@@ -131,6 +165,46 @@ def save_params(directory: str | Path, step: int, params: Any,
     manager.close()
 
 
+def describe_failure(error: BaseException) -> str:
+    """One line saying what failed, from the innermost cause (tensorstore's and orbax's name the
+    file and what is wrong with it)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else 'no message'}"
+
+
+@contextlib.contextmanager
+def guarded_restore():
+    """Around a restore that may fail on a damaged checkpoint. When one does, orbax's unfinished
+    reads die on other threads and print tracebacks (future callbacks on a closed event loop,
+    task exceptions never retrieved, never-awaited coroutines), some of them later. The caller
+    reports the failure in one line, so those are silenced while the restore runs and, if it
+    failed, for the rest of the process."""
+    loggers = [logging.getLogger(name) for name in ("asyncio", "concurrent.futures")]
+    disabled = [logger.disabled for logger in loggers]
+    unraisable_hook = sys.unraisablehook
+
+    def drop_leftovers(unraisable):
+        closed_loop = (isinstance(unraisable.exc_value, RuntimeError)
+                       and str(unraisable.exc_value) == "Event loop is closed")
+        if not (closed_loop or inspect.iscoroutine(unraisable.object)):
+            unraisable_hook(unraisable)
+
+    for logger in loggers:
+        logger.disabled = True
+    sys.unraisablehook = drop_leftovers
+    yield  # an exception propagates, and the silence stays
+    for logger, was_disabled in zip(loggers, disabled):
+        logger.disabled = was_disabled
+    sys.unraisablehook = unraisable_hook
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A restore that failed for want of memory says nothing about the checkpoint."""
+    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
+
+
 def check_same_model(saved: dict, config: ml_collections.ConfigDict, where: str,
                      keys: tuple[str, ...] = SHAPE_KEYS) -> None:
     """Refuse a checkpoint whose shapes (of `keys`) disagree with the config, naming the keys."""
@@ -141,7 +215,7 @@ def check_same_model(saved: dict, config: ml_collections.ConfigDict, where: str,
         if theirs != ours:
             diffs.append(f"{key}: checkpoint {theirs} vs config {ours}")
     if diffs:
-        raise ConfigError(f"the checkpoint in {where} has another model shape ("
+        raise CheckpointError(f"the checkpoint in {where} has another model shape ("
                           + "; ".join(diffs) + "); use its settings or another workdir")
 
 
@@ -157,23 +231,33 @@ class Trained:
 
 
 def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
-    """The params of `step` (default: the newest) of the run in `workdir`, data-parallel over all
-    devices present (8 GPUs, 1 GPU, 1 CPU), the model built from the checkpoint's own config."""
+    """The params of `step` (default: the newest that restores) of the run in `workdir`,
+    data-parallel over all devices present (8 GPUs, 1 GPU, 1 CPU), the model built from the
+    checkpoint's own config. A broken newest checkpoint is reported on stderr and skipped; a
+    broken `step` is an error naming it and what failed. The run is never modified."""
     directory = Path(workdir) / "checkpoints"
     if not directory.is_dir():
-        raise ConfigError(f"{workdir}: no checkpoints/ directory (not a training run?)")
+        raise CheckpointError(f"{workdir}: no checkpoints/ directory (not a training run?)")
     checkpoints = Checkpointer(directory, read_only=True)
-    try:
-        available = list(checkpoints.manager.all_steps())
-        step = checkpoints.latest_step() if step is None else step
-        if step is None or step not in available:
-            raise ConfigError(f"{directory}: no checkpoint for step {step} "
+    available = sorted(checkpoints.manager.all_steps(), reverse=True)
+    if step is not None and step not in available:
+        checkpoints.close()
+        raise CheckpointError(f"{directory}: no checkpoint for step {step} "
                               f"(available: {available})")
-        config = ml_collections.ConfigDict(checkpoints.saved_config(step))
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    try:
+        for candidate in available if step is None else [step]:
+            try:
+                config = ml_collections.ConfigDict(checkpoints.saved_config(candidate))
+                model = GPT(model_config(config))
+                shardings = sharding.logical_sharding(param_logical_specs(model), mesh)
+                params = restore_params(directory, candidate, abstract_params(model, shardings))
+                return Trained(model, params, config, candidate, mesh)
+            except BrokenCheckpoint as e:
+                if step is not None:
+                    raise CheckpointError(f"checkpoint step {step} does not restore: {e}") from None
+                print(f"checkpoint step {candidate} is broken ({e}); trying the next newest",
+                      file=sys.stderr)
     finally:
         checkpoints.close()
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    model = GPT(model_config(config))
-    shardings = sharding.logical_sharding(param_logical_specs(model), mesh)
-    params = restore_params(directory, step, abstract_params(model, shardings))
-    return Trained(model, params, config, step, mesh)
+    raise CheckpointError(f"{directory}: no checkpoint restores (available: {available})")

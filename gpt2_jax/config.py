@@ -8,6 +8,7 @@ an unknown key or a value of the wrong type is rejected with a ConfigError namin
 from __future__ import annotations
 
 import difflib
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,15 +17,12 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import REMAT_CHOICES, GPTConfig
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
 # The config that runs when no --config is given: a small GPT-2 on the shipped Shakespeare text.
 DEFAULT_CONFIG_PATH = str(Path(__file__).parent / "configs" / "shakespeare.py")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration; the message names the offending key(s)."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -101,12 +99,20 @@ def _parse(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     """The config file with overrides applied by ml_collections' typed flag parser."""
     argv = ["gpt2_jax", *overrides]
     flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", path, flag_values=flag_values, lock_config=True,
-                                    sys_argv=argv)
     try:
+        config_flags.DEFINE_config_file("config", path, flag_values=flag_values,
+                                        lock_config=True, sys_argv=argv)
         flag_values(argv)
     except flags.Error as e:
         raise ConfigError(str(e)) from None
+    except SyntaxError as e:
+        raise ConfigError(f"{e.filename}:{e.lineno}: syntax error in the config file: "
+                          f"{e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - the config file's own code failed
+        lines = [lineno for frame, lineno in traceback.walk_tb(e.__traceback__)
+                 if Path(frame.f_code.co_filename).resolve() == Path(path).resolve()]
+        where = f"{path}:{lines[-1]}" if lines else path
+        raise ConfigError(f"{where}: the config file failed: {type(e).__name__}: {e}") from None
     return flag_values.config
 
 
@@ -199,6 +205,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for axis in ("data", "fsdp", "tensor"):
         size = c.mesh[axis]
         _check(size == -1 or size > 0, f"mesh.{axis} ({size}) must be positive or -1")
+    check_tensor_parallelism(c, c.mesh.tensor)
+
+
+def check_tensor_parallelism(c: ml_collections.ConfigDict, tensor: int) -> None:
+    """Tensor parallelism splits heads, the MLP width and the vocabulary: each must divide."""
+    if tensor <= 1:
+        return
+    m = c.model
+    for key, size in (("model.n_head", m.n_head), ("4 x model.n_embd (the MLP width)",
+                                                    4 * m.n_embd),
+                      ("model.vocab_size", m.vocab_size)):
+        _check(size % tensor == 0, f"mesh.tensor ({tensor}) must divide {key} ({size}): "
+                                   "tensor parallelism splits it across devices")
 
 
 def model_config(c: ml_collections.ConfigDict, backend: str | None = None) -> GPTConfig:

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import jax
 
 from gpt2_jax import hellaswag, tokenizer
 from gpt2_jax.checkpoint import Trained, load_trained
-from gpt2_jax.config import ConfigError
-from gpt2_jax.data.shards import ShardError
 from gpt2_jax.data.sources import validation_batches
 from gpt2_jax.decoding import decode_samples, generate
+from gpt2_jax.errors import EvalDataError, exits_on_user_error
 from gpt2_jax.metrics import MetricsLog
 from gpt2_jax.sharding import BatchLayout
 from gpt2_jax.step import make_evaluator
@@ -34,6 +32,7 @@ def validation_loss(trained: Trained, workdir: Path, max_batches: int) -> float:
             trained.params, batches)
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gpt2_jax.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,10 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     workdir = Path(args.workdir)
-    try:
-        trained = load_trained(workdir, args.step)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    trained = load_trained(workdir, args.step)
     c = trained.config
     if args.val_files:
         c.data.source, c.data.val_files = "shards", args.val_files
@@ -69,19 +65,16 @@ def main(argv: list[str] | None = None) -> None:
     if c.data.source == "synthetic":
         print("val loss: skipped (the run trained on synthetic tokens)")
     else:
-        try:
-            results["val_loss"] = validation_loss(trained, workdir,
-                                                  args.val_batches or c.train.eval_steps)
-        except ShardError as e:
-            sys.exit(f"error: {e}")
+        results["val_loss"] = validation_loss(trained, workdir,
+                                              args.val_batches or c.train.eval_steps)
         print(f"val loss: {results['val_loss']:.4f}")
 
     if not args.no_hellaswag:
         try:
             path = hellaswag.find_or_download(args.hellaswag)
-        except hellaswag.HellaSwagUnavailable as e:
+        except EvalDataError as e:
             if args.hellaswag:
-                sys.exit(f"error: {e}")
+                raise
             print(f"HellaSwag: skipped: {e}")
         else:
             examples = hellaswag.load(path, args.hellaswag_limit)

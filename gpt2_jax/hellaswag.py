@@ -19,24 +19,21 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from gpt2_jax import sharding, tokenizer
+from gpt2_jax.errors import EvalDataError
 from gpt2_jax.model import GPT, GPTConfig
+from gpt2_jax.progress import progress
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 CACHE = Path(os.environ.get("GPT2_JAX_CACHE", "~/.cache/gpt2_jax")).expanduser()
-
-
-class HellaSwagUnavailable(RuntimeError):
-    """No local copy and no way to download one."""
 
 
 def find_or_download(path: str | None = None) -> Path:
     """A local copy of hellaswag_val.jsonl: `path`, the cache, or a one-time download."""
     if path:
         if not Path(path).is_file():
-            raise HellaSwagUnavailable(f"--hellaswag {path}: no such file")
+            raise EvalDataError(f"--hellaswag {path}: no such file")
         return Path(path)
     cached = CACHE / "hellaswag_val.jsonl"
     if not cached.exists():
@@ -45,7 +42,7 @@ def find_or_download(path: str | None = None) -> Path:
             with urllib.request.urlopen(URL, timeout=30) as response:
                 data = response.read()
         except OSError as e:
-            raise HellaSwagUnavailable(
+            raise EvalDataError(
                 f"cannot download {URL} ({e}); offline, pass --hellaswag PATH to a copy of "
                 f"hellaswag_val.jsonl or place one at {cached}") from None
         tmp = cached.with_suffix(".tmp")
@@ -55,10 +52,23 @@ def find_or_download(path: str | None = None) -> Path:
 
 
 def read_examples(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    """The examples of a hellaswag_val.jsonl; a line that is not one is an error naming it."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                example = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalDataError(f"{path}:{number}: not a JSON object ({e.msg})") from None
+            if not isinstance(example, dict):
+                raise EvalDataError(f"{path}:{number}: not a JSON object")
+            missing = [key for key in ("ctx", "endings", "label") if key not in example]
+            if missing:
+                raise EvalDataError(f"{path}:{number}: no {', '.join(map(repr, missing))} field")
+            if not isinstance(example["endings"], list) or len(example["endings"]) != 4:
+                raise EvalDataError(f"{path}:{number}: 'endings' must be a list of 4 strings")
+            yield example
 
 
 # One example, tokenized: (4 token rows: context + ending, the context length, the correct ending).
@@ -110,7 +120,7 @@ def score(model: GPT, params, examples: list[Rendered],
 
     in_flight = None
     starts = range(0, len(examples), batch_examples)
-    for start in tqdm(starts, desc="HellaSwag", unit="batch", disable=len(starts) < 10):
+    for start in progress(starts, desc="HellaSwag", unit="batch", disable=len(starts) < 10):
         batch = examples[start:start + batch_examples]
         longest = max(len(row) for rows, _, _ in batch for row in rows)
         length = min(-(-longest // 32) * 32, model.config.block_size + 1)

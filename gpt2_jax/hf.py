@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,8 @@ import numpy as np
 
 from gpt2_jax import tokenizer
 from gpt2_jax.checkpoint import load_trained, save_params
-from gpt2_jax.config import ConfigError, base_config, model_config
+from gpt2_jax.config import base_config, model_config
+from gpt2_jax.errors import WeightsError, WorkdirError, exits_on_user_error
 from gpt2_jax.model import GPTConfig
 
 
@@ -75,10 +75,10 @@ def params_from_hf(state: dict[str, np.ndarray], cfg: GPTConfig) -> dict:
 
     def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
         if name not in state:
-            raise ConfigError(f"the transformers checkpoint has no tensor {name!r}")
+            raise WeightsError(f"the transformers checkpoint has no tensor {name!r}")
         value = np.asarray(state[name], np.float32)
         if value.shape != shape:
-            raise ConfigError(f"tensor {name!r} has shape {value.shape}, expected {shape}")
+            raise WeightsError(f"tensor {name!r} has shape {value.shape}, expected {shape}")
         return value
 
     V, D = tokenizer.VOCAB_SIZE, cfg.n_embd
@@ -125,10 +125,10 @@ def config_from_hf(hf: dict) -> ml_collections.ConfigDict:
                 "layer_norm_epsilon": 1e-5, "scale_attn_by_inverse_layer_idx": False}
     for key, value in expected.items():
         if key in hf and hf[key] != value:
-            raise ConfigError(f"config.json {key}={hf[key]!r}: only {value!r} (GPT-2's) is "
+            raise WeightsError(f"config.json {key}={hf[key]!r}: only {value!r} (GPT-2's) is "
                               "supported")
     if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
-        raise ConfigError(f"config.json n_inner={hf['n_inner']}: only 4 * n_embd is supported")
+        raise WeightsError(f"config.json n_inner={hf['n_inner']}: only 4 * n_embd is supported")
     c = base_config()
     c.model.n_layer, c.model.n_head = hf["n_layer"], hf["n_head"]
     c.model.n_embd, c.model.block_size = hf["n_embd"], hf["n_positions"]
@@ -145,23 +145,36 @@ def read_hf(source: str) -> tuple[dict, dict[str, np.ndarray]]:
         try:
             from huggingface_hub import snapshot_download
         except ImportError:
-            raise ConfigError(f"{source} is not a directory, and downloading it from the hub "
+            raise WeightsError(f"{source} is not a directory, and downloading it from the hub "
                               "needs huggingface_hub: pip install -e '.[hf]'") from None
         try:
             directory = Path(snapshot_download(source,
                                                allow_patterns=["config.json", "*.safetensors"]))
         except Exception as e:  # offline, no such repository, no access: the hub's many errors
-            raise ConfigError(f"{source} is not a directory, and fetching it from the Hugging Face "
+            raise WeightsError(f"{source} is not a directory, and fetching it from the Hugging Face "
                               f"hub failed ({type(e).__name__}: {str(e).splitlines()[0]}); offline, "
                               "pass a directory holding config.json and model.safetensors") from None
     files = sorted(directory.glob("*.safetensors"))
-    if not (directory / "config.json").is_file() or not files:
-        raise ConfigError(f"{directory}: a transformers checkpoint needs config.json and "
-                          "*.safetensors (re-save a pytorch_model.bin one with safe_serialization)")
+    config_path = directory / "config.json"
+    if not config_path.is_file() or not files:
+        raise WeightsError(f"{directory}: a transformers checkpoint needs config.json and "
+                           "*.safetensors (re-save a pytorch_model.bin one with safe_serialization)")
+    try:
+        hf = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{config_path}: not a JSON file ({e})") from None
+    missing = [key for key in ("n_layer", "n_head", "n_embd", "n_positions")
+               if not isinstance(hf, dict) or key not in hf]
+    if missing:
+        raise WeightsError(f"{config_path}: no {', '.join(missing)} (not a GPT-2 config.json?)")
     state: dict[str, np.ndarray] = {}
     for file in files:
-        state.update(load_file(file))
-    return json.loads((directory / "config.json").read_text()), state
+        try:
+            state.update(load_file(file))
+        except Exception as e:  # noqa: BLE001 - safetensors reports a bad file in several ways
+            raise WeightsError(f"{file}: not a readable safetensors file "
+                               f"({type(e).__name__}: {e})") from None
+    return hf, state
 
 
 def import_weights(source: str, workdir: str | Path) -> tuple[ml_collections.ConfigDict, int]:
@@ -169,7 +182,7 @@ def import_weights(source: str, workdir: str | Path) -> tuple[ml_collections.Con
     config and parameter count."""
     directory = Path(workdir) / "checkpoints"
     if directory.exists() and any(directory.iterdir()):
-        raise ConfigError(f"{directory} already holds checkpoints; import into a new workdir")
+        raise WorkdirError(f"{directory} already holds checkpoints; import into a new workdir")
     hf, state = read_hf(source)
     c = config_from_hf(hf)
     params = params_from_hf(state, model_config(c, backend="cpu"))
@@ -191,6 +204,7 @@ def export_weights(workdir: str | Path, out: str | Path, step: int | None = None
     return trained.step
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gpt2_jax.hf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,20 +218,16 @@ def main(argv: list[str] | None = None) -> None:
     exports.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     exports.add_argument("--out", required=True, help="directory for config.json + model.safetensors")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "import":
-            c, n_params = import_weights(args.source, args.workdir)
-            print(f"imported {args.source} ({c.model.n_layer} layers, {c.model.n_embd} channels, "
-                  f"{n_params:,} parameters) into {args.workdir}/checkpoints/0; "
-                  f"evaluate or sample with --workdir {args.workdir}, fine-tune with "
-                  f"--config.train.init_from={args.workdir}")
-        else:
-            step = export_weights(args.workdir, args.out, args.step)
-            print(f"exported {args.workdir} step {step} to {args.out} "
-                  "(transformers.GPT2LMHeadModel.from_pretrained loads it)")
-    except (ConfigError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-
+    if args.command == "import":
+        c, n_params = import_weights(args.source, args.workdir)
+        print(f"imported {args.source} ({c.model.n_layer} layers, {c.model.n_embd} channels, "
+              f"{n_params:,} parameters) into {args.workdir}/checkpoints/0; "
+              f"evaluate or sample with --workdir {args.workdir}, fine-tune with "
+              f"--config.train.init_from={args.workdir}")
+    else:
+        step = export_weights(args.workdir, args.out, args.step)
+        print(f"exported {args.workdir} step {step} to {args.out} "
+              "(transformers.GPT2LMHeadModel.from_pretrained loads it)")
 
 if __name__ == "__main__":
     main()

@@ -17,14 +17,17 @@ import ml_collections
 import numpy as np
 
 from gpt2_jax import hellaswag, metrics, sharding, tokenizer
-from gpt2_jax.checkpoint import MODEL_SHAPE_KEYS, Checkpointer, check_same_model, restore_params
-from gpt2_jax.config import ConfigError
+from gpt2_jax.checkpoint import (MODEL_SHAPE_KEYS, BrokenCheckpoint, Checkpointer,
+                                 check_same_model, describe_failure, restore_params)
+from gpt2_jax.errors import CheckpointError, ConfigError, EvalDataError, TrainingDiverged
+from gpt2_jax.config import check_tensor_parallelism
 from gpt2_jax.data.sources import make_data
 from gpt2_jax.decoding import generate
 from gpt2_jax.health import health_line, make_health_fn
 from gpt2_jax.model import count_params, flops_per_token
 from gpt2_jax.sharding import BatchLayout
 from gpt2_jax.step import build_training, make_evaluator
+from gpt2_jax.workdir import WorkdirLock, open_workdir, set_aside_previous_run
 
 
 def hellaswag_examples(c: ml_collections.ConfigDict) -> list[hellaswag.Rendered]:
@@ -34,29 +37,10 @@ def hellaswag_examples(c: ml_collections.ConfigDict) -> list[hellaswag.Rendered]
         return []
     try:
         path = hellaswag.find_or_download(c.train.hellaswag_file or None)
-    except hellaswag.HellaSwagUnavailable as e:
+    except EvalDataError as e:
         raise ConfigError(f"train.hellaswag_every={c.train.hellaswag_every} needs HellaSwag: {e}; "
                           "or set train.hellaswag_file, or train.hellaswag_every=0") from None
     return hellaswag.load(path)
-
-
-def set_aside_previous_run(workdir: Path, say) -> None:
-    """train.resume=False on a used workdir: keep its checkpoints and metrics under new names."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in ("checkpoints", "metrics.jsonl"):
-        path = workdir / name
-        if path.exists():
-            path.rename(workdir / f"{name}.before-{stamp}")
-            say(f"train.resume=False: moved the previous {name} to {name}.before-{stamp}")
-
-
-def truncate_metrics(workdir: Path, last_step: int) -> None:
-    """Drop metric rows past the checkpoint being resumed (they will be logged again)."""
-    path = workdir / "metrics.jsonl"
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= last_step]
-        path.write_text("".join(row + "\n" for row in rows))
 
 
 def restore_params_from(path: str, abstract_params, c: ml_collections.ConfigDict):
@@ -68,15 +52,11 @@ def restore_params_from(path: str, abstract_params, c: ml_collections.ConfigDict
     try:
         step = source.latest_step()
         if step is None:
-            raise ConfigError(f"train.init_from: no checkpoint in {directory}")
+            raise CheckpointError(f"train.init_from: no checkpoint in {directory}")
         check_same_model(source.saved_config(step), c, str(directory), MODEL_SHAPE_KEYS)
     finally:
         source.close()
     return restore_params(directory, step, abstract_params), f"{directory} step {step}"
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive steps with non-finite loss or gradients."""
 
 
 class ReadyClock:
@@ -226,19 +206,52 @@ class TrainResult:
     peak_memory_gib: float | None = None
 
 
-def train(c: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
-    """Train as configured in `workdir`, resuming from its newest checkpoint if it has one.
+def resume_newest_good(ckpt: Checkpointer, c: ml_collections.ConfigDict, abstract_state,
+                       train_batches, say) -> tuple[int, object, list[dict]]:
+    """(step, state, events) of the newest checkpoint that restores, the data iterator set to its
+    position. Each broken one on the way is moved aside, said in one line and returned as an
+    event row; a checkpoint of another model is refused, not skipped. (0, None, events) when
+    none is left."""
+    events = []
+    while step := ckpt.latest_step():
+        try:
+            check_same_model(ckpt.saved_config(step), c, str(ckpt.directory))
+            state, data_state = ckpt.restore(step, abstract_state)
+            try:
+                train_batches.set_state(data_state)
+            except Exception as e:  # noqa: BLE001 - valid JSON, but not an iterator position
+                raise BrokenCheckpoint(f"{ckpt.directory / str(step) / 'data'}: "
+                                       f"{describe_failure(e)}") from e
+            return step, state, events
+        except BrokenCheckpoint as e:
+            reason = str(e)
+        moved = ckpt.set_aside(step)
+        say(f"checkpoint step {step} is broken ({reason}); moved it to {moved}, resuming from "
+            "the newest checkpoint before it")
+        events.append({"step": step, "event": "broken_checkpoint", "reason": reason,
+                       "moved_to": str(moved)})
+    return 0, None, events
 
-    Writes metrics.jsonl, config.json, checkpoints/ and summary.json.
+
+def train(c: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
+    """Train as configured in `workdir`, resuming from its newest good checkpoint if it has one.
+
+    Writes metrics.jsonl, config.json, checkpoints/ and summary.json. The workdir is checked
+    before any work and locked for the run (process 0 holds the lock for all processes).
     """
-    start_time = time.perf_counter()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     say = (lambda *a: print(*a, flush=True)) if is_main else (lambda *a: None)
+    workdir = open_workdir(workdir) if is_main else Path(workdir)
+    with WorkdirLock(workdir, say) if is_main else contextlib.nullcontext():
+        return _train(c, workdir, say, is_main)
+
+
+def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> TrainResult:
+    start_time = time.perf_counter()
     t = c.train
 
     mesh = sharding.make_mesh(c.mesh)
+    check_tensor_parallelism(c, mesh.shape["tensor"])  # mesh.tensor=-1 is known only now
     layout = BatchLayout.from_config(c, mesh)
     train_batches, val_batches = make_data(c, workdir, layout, say)
     hellaswag_set = hellaswag_examples(c)
@@ -251,7 +264,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
         say(f"skipping incomplete checkpoint {path} (interrupted while being written)")
     if ckpt.latest_step() == 0:
         ckpt.close()
-        raise ConfigError(f"{ckpt.directory} holds imported weights (a step-0 checkpoint without "
+        raise CheckpointError(f"{ckpt.directory} holds imported weights (a step-0 checkpoint without "
                           f"optimizer state); train from them with --config.train.init_from="
                           f"{workdir} and another --workdir")
 
@@ -266,13 +279,18 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
         training = build_training(c, mesh)
         model, train_step = training.model, training.train_step
         abstract_state = training.abstract_state()
+        events = []
         if start_step:
-            check_same_model(ckpt.saved_config(start_step), c, str(ckpt.directory))
-            state, data_state, _ = ckpt.restore(start_step, abstract_state)
-            train_batches.set_state(data_state)
-            truncate_metrics(workdir, start_step)
-            say(f"resumed from checkpoint step {start_step} in {ckpt.directory}")
-        else:
+            start_step, state, events = resume_newest_good(ckpt, c, abstract_state,
+                                                           train_batches, say)
+            for line in metrics.truncate_rows(workdir, start_step):
+                say(f"dropped line {line} of {workdir / 'metrics.jsonl'}: not a complete row "
+                    "(torn by a kill mid-write)")
+            if start_step:
+                say(f"resumed from checkpoint step {start_step} in {ckpt.directory}")
+            else:
+                say(f"no checkpoint in {ckpt.directory} restores: training from scratch")
+        if not start_step:
             state = training.init_state(t.seed)
             if t.init_from:
                 params, source = restore_params_from(t.init_from, abstract_state.params, c)
@@ -293,6 +311,8 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
             (workdir / "config.json").write_text(c.to_json_best_effort(indent=2) + "\n")
 
         log = metrics.MetricsLog(workdir, enabled=is_main, tensorboard=t.tensorboard)
+        for event in events:
+            log.write(event)
         flops_per_step = flops_per_token(model.config, n_params, t.seq_len) * t.total_batch_size
         steps = StepLog(log, say, t.max_steps, t.total_batch_size, flops_per_step,
                         time.perf_counter(), c.stability.max_bad_steps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import jax
@@ -50,6 +51,37 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def read_rows(path: str | Path) -> tuple[list[tuple[str, dict]], list[int]]:
+    """(line, row) of each row of a metrics.jsonl, and the numbers of the lines that are not
+    rows: a line torn by a kill in the middle of a write."""
+    rows, torn = [], []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append((line, row))
+        else:
+            torn.append(number)
+    return rows, torn
+
+
+def truncate_rows(workdir: str | Path, last_step: int) -> list[int]:
+    """Keep metrics.jsonl's rows up to `last_step` (a resumed run logs the later steps again)
+    and drop torn lines; returns the dropped torn lines' numbers."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows, torn = read_rows(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line, row in rows if row["step"] <= last_step))
+    os.replace(tmp, path)
+    return torn
 
 
 def _json_ready(value):

@@ -17,6 +17,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from gpt2_jax.errors import UserError, exits_on_user_error  # noqa: E402
+from gpt2_jax.metrics import read_rows  # noqa: E402
+
 # HellaSwag acc_norm of OpenAI's checkpoints, scored like llm.c (reference-facts.md).
 HELLASWAG_BASELINES = {"OpenAI GPT-2 124M": 0.295, "OpenAI GPT-2 1.5B": 0.489}
 
@@ -26,8 +29,8 @@ def read_run(run_dir: str | Path) -> tuple[list[dict], int]:
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     if not metrics_path.exists():
-        raise SystemExit(f"{run_dir}: no metrics.jsonl (is this a run directory?)")
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        raise UserError(f"{run_dir}: no metrics.jsonl (is this a run directory?)")
+    rows = [row for _, row in read_rows(metrics_path)[0]]  # a torn last line is skipped
     config = json.loads((run_dir / "config.json").read_text())
     return rows, config["train"]["total_batch_size"]
 
@@ -74,6 +77,7 @@ def plot_runs(run_dirs: list[str], out: str) -> None:
     print(f"wrote {out}")
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gpt2_jax.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

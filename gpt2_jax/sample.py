@@ -10,10 +10,11 @@ import jax
 
 from gpt2_jax import tokenizer
 from gpt2_jax.checkpoint import load_trained
-from gpt2_jax.config import ConfigError
 from gpt2_jax.decoding import decode_samples, generate
+from gpt2_jax.errors import exits_on_user_error
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gpt2_jax.sample", description=__doc__)
     parser.add_argument("--workdir", required=True, help="the training run's directory")
@@ -28,10 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timing", action="store_true",
                         help="decode twice and report the second (compiled) run's tokens/s")
     args = parser.parse_args(argv)
-    try:
-        trained = load_trained(args.workdir, args.step)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    trained = load_trained(args.workdir, args.step)
     prompt = tokenizer.encode(args.prompt) or [tokenizer.EOT_TOKEN]
 
     def run():

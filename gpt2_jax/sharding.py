@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gpt2_jax.config import ConfigError
+from gpt2_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

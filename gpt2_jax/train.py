@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gpt2_jax.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from gpt2_jax.data.shards import ShardError
+from gpt2_jax.config import DEFAULT_CONFIG_PATH, load_config
 from gpt2_jax.distributed import initialize
-from gpt2_jax.loop import TrainingDiverged, train
+from gpt2_jax.errors import ConfigError, exits_on_user_error
+from gpt2_jax.loop import train
 
 
 FLAGS = ("--config", "--workdir", "--coordinator_address", "--num_processes", "--process_id")
@@ -45,18 +45,16 @@ def parse_args(args: list[str]) -> tuple[str, list[str], str, dict]:
     return config_path, overrides, workdir, distributed
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return
-    try:
-        config_path, overrides, workdir, distributed = parse_args(args)
-        config = load_config(config_path, overrides)
-        initialize(**distributed)
-        train(config, workdir)
-    except (ConfigError, ShardError, TrainingDiverged) as e:
-        sys.exit(f"error: {e}")
+    config_path, overrides, workdir, distributed = parse_args(args)
+    config = load_config(config_path, overrides)
+    initialize(**distributed)
+    train(config, workdir)
 
 
 if __name__ == "__main__":

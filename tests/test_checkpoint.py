@@ -14,7 +14,8 @@ import pytest
 from helpers import TINY
 from gpt2_jax import sharding
 from gpt2_jax.checkpoint import Checkpointer
-from gpt2_jax.config import ConfigError, load_config, model_config
+from gpt2_jax.config import load_config, model_config
+from gpt2_jax.errors import CheckpointError
 from gpt2_jax.model import GPT
 from gpt2_jax.optim import make_optimizer
 from gpt2_jax.step import abstract_train_state, create_train_state, state_shardings
@@ -70,7 +71,7 @@ def final_params(workdir):
                                         guard_window=window)
         ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
         assert ckpt.latest_step() == 30
-        state, _, _ = ckpt.restore(30, abstract)
+        state, _ = ckpt.restore(30, abstract)
     return jax.device_get(state.params)
 
 
@@ -130,7 +131,7 @@ def test_resume_with_another_model_shape_is_refused_naming_keys(tmp_path):
     train(c, tmp_path)
     wider = load_config(None, [*IN_PROCESS, "--config.train.max_steps=6", "--config.data.source=synthetic",
                                "--config.model.n_embd=64", "--config.model.n_layer=3"])
-    with pytest.raises(ConfigError, match=r"model\.n_layer: checkpoint 2 vs config 3.*"
+    with pytest.raises(CheckpointError, match=r"model\.n_layer: checkpoint 2 vs config 3.*"
                                           r"model\.n_embd: checkpoint 32 vs config 64"):
         train(wider, tmp_path)
 
@@ -188,8 +189,9 @@ def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path):
     with jax.set_mesh(mesh1):
         abstract = abstract_train_state(model, tx, state_shardings(model, tx, mesh1, window),
                                         guard_window=window)
-        restored, data_state, config = Checkpointer(tmp_path / "checkpoints",
-                                                    read_only=True).restore(5, abstract)
+        checkpoints = Checkpointer(tmp_path / "checkpoints", read_only=True)
+        restored, data_state = checkpoints.restore(5, abstract)
+        config = checkpoints.saved_config(5)
     assert restored.params["h"]["mlp"]["c_fc"]["kernel"].sharding.device_set == {jax.devices()[0]}
     assert data_state == {"next_index": 5} and config["mesh"]["fsdp"] == 8
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))

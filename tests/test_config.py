@@ -1,7 +1,8 @@
 import pytest
 
 from helpers import CONFIGS
-from gpt2_jax.config import ConfigError, load_config, model_config
+from gpt2_jax.config import load_config, model_config
+from gpt2_jax.errors import ConfigError
 
 
 def test_default_is_the_shipped_shakespeare_config():

@@ -5,7 +5,8 @@ import pytest
 
 from gpt2_jax import tokenizer
 from gpt2_jax.data import pipeline, prepare as prep
-from gpt2_jax.data.shards import (ShardError, find_shards, open_shard,
+from gpt2_jax.errors import ShardError
+from gpt2_jax.data.shards import (find_shards, open_shard,
                                   read_token_count, write_shard)
 
 T = 8  # window = T + 1 tokens

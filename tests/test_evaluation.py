@@ -10,6 +10,7 @@ import pytest
 from gpt2_jax import hellaswag, tokenizer
 from gpt2_jax.model import GPT, GPTConfig
 from gpt2_jax.decoding import generate
+from gpt2_jax.errors import EvalDataError
 from gpt2_jax.model import init_params
 
 from helpers import FIXTURES, run_module
@@ -72,7 +73,7 @@ def test_hellaswag_scores_equal_a_per_ending_reference(tiny):
 
 
 def test_missing_hellaswag_file_is_a_clear_error(tmp_path):
-    with pytest.raises(hellaswag.HellaSwagUnavailable, match="no such file"):
+    with pytest.raises(EvalDataError, match="no such file"):
         hellaswag.find_or_download(str(tmp_path / "nope.jsonl"))
 
 
@@ -115,7 +116,7 @@ def test_sample_from_a_directory_without_checkpoints_fails_clearly(tmp_path):
 
 
 def test_training_with_hellaswag_and_no_copy_fails_before_starting(tiny_config, tmp_path):
-    from gpt2_jax.config import ConfigError
+    from gpt2_jax.errors import ConfigError
     from gpt2_jax.loop import hellaswag_examples
 
     c = tiny_config("--config.train.hellaswag_every=10",

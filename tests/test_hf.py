@@ -9,7 +9,8 @@ import torch
 import transformers
 
 from gpt2_jax import hf, tokenizer
-from gpt2_jax.config import ConfigError, load_config
+from gpt2_jax.config import load_config
+from gpt2_jax.errors import CheckpointError, WeightsError
 from gpt2_jax.checkpoint import load_trained
 from gpt2_jax.loop import train
 
@@ -78,7 +79,7 @@ def test_imported_weights_fine_tune_through_init_from_not_in_place(openai_like, 
     hf.import_weights(str(openai_like), imported)
     shape = ["--config.model.block_size=64", "--config.train.max_steps=1", "--config.mesh.data=-1",
              "--config.train.total_batch_size=256"]
-    with pytest.raises(ConfigError, match="imported weights"):
+    with pytest.raises(CheckpointError, match="imported weights"):
         train(load_config(None, [*TINY, *shape]), imported)
     c = load_config(None, [*TINY, *shape, f"--config.train.init_from={imported}"])
     c.stability.window = 7  # another guard shape: irrelevant when only the weights are taken
@@ -93,19 +94,19 @@ def test_imported_weights_fine_tune_through_init_from_not_in_place(openai_like, 
 
 def test_unsupported_transformers_configs_are_refused_naming_the_field(openai_like):
     config = json.loads((openai_like / "config.json").read_text())
-    with pytest.raises(ConfigError, match="activation_function"):
+    with pytest.raises(WeightsError, match="activation_function"):
         hf.config_from_hf({**config, "activation_function": "relu"})
-    with pytest.raises(ConfigError, match="vocab_size"):
+    with pytest.raises(WeightsError, match="vocab_size"):
         hf.config_from_hf({**config, "vocab_size": 32000})
     _, state = hf.read_hf(str(openai_like))
     del state["transformer.h.1.mlp.c_fc.bias"]
-    with pytest.raises(ConfigError, match="h.1.mlp.c_fc.bias"):
+    with pytest.raises(WeightsError, match="h.1.mlp.c_fc.bias"):
         hf.params_from_hf(state, hf.model_config(hf.config_from_hf(config), backend="cpu"))
 
 
 def test_a_source_that_is_neither_a_directory_nor_a_hub_name_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="absent is not a directory.*pass a directory"):
+    with pytest.raises(WeightsError, match="absent is not a directory.*pass a directory"):
         hf.read_hf(str(tmp_path / "absent"))  # an invalid hub name: refused without a download
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="needs config.json and"):
+    with pytest.raises(WeightsError, match="needs config.json and"):
         hf.read_hf(str(tmp_path / "empty"))

@@ -18,7 +18,8 @@ from jax.sharding import PartitionSpec as P
 
 from helpers import TINY, run_steps
 from gpt2_jax import sharding
-from gpt2_jax.config import ConfigError, load_config
+from gpt2_jax.config import load_config
+from gpt2_jax.errors import ConfigError
 from gpt2_jax.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
 from gpt2_jax.sharding import BatchLayout

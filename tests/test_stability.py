@@ -20,7 +20,8 @@ from gpt2_jax.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
 from gpt2_jax.model import init_params
 from gpt2_jax.step import abstract_train_state, state_shardings
-from gpt2_jax.loop import TrainingDiverged, train
+from gpt2_jax.errors import TrainingDiverged
+from gpt2_jax.loop import train
 
 GUARDED = [*TINY, "--config.optim.lr=3e-3", "--config.optim.warmup_steps=2",
            "--config.optim.final_lr_frac=1.0", "--config.stability.window=8",
@@ -112,7 +113,7 @@ def test_planted_nan_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
                                         guard_window=window)
         ckpt = Checkpointer(tmp_path / "run" / "checkpoints", read_only=True)
         assert ckpt.latest_step() == 3  # nothing written after the bad steps began
-        state, _, _ = ckpt.restore(3, abstract)
+        state, _ = ckpt.restore(3, abstract)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
 
 

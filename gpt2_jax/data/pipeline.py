@@ -19,7 +19,8 @@ import grain
 import jax
 import numpy as np
 
-from gpt2_jax.data.shards import ShardError, open_shard, read_token_count
+from gpt2_jax.data.shards import open_shard, read_token_count
+from gpt2_jax.errors import ShardError
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
 

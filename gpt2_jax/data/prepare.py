@@ -24,10 +24,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from gpt2_jax import tokenizer
 from gpt2_jax.data.shards import write_shard
+from gpt2_jax.errors import DataError, UserError, exits_on_user_error
+from gpt2_jax.progress import progress
 
 STATE_FILE = "prepare_state.json"
 # Approximate GPT-2 token counts of FineWeb's samples (for the progress bar's ETA).
@@ -48,17 +49,17 @@ def read_local_documents(files: list[str], text_field: str = "text") -> Iterator
                         try:
                             yield json.loads(line)[text_field]
                         except (json.JSONDecodeError, KeyError) as e:
-                            raise ValueError(f"{path}:{line_number}: not a JSON object with a "
+                            raise DataError(f"{path}:{line_number}: not a JSON object with a "
                                              f"{text_field!r} field ({e})") from None
         elif suffix == ".parquet":
             try:
                 import pyarrow.parquet as pq
             except ImportError:
-                raise SystemExit("reading .parquet needs pyarrow: pip install pyarrow") from None
+                raise UserError("reading .parquet needs pyarrow: pip install pyarrow") from None
             table = pq.read_table(path, columns=[text_field])
             yield from table.column(text_field).to_pylist()
         else:
-            raise ValueError(f"{path}: unsupported file type {suffix!r} (use .txt, .jsonl or .parquet)")
+            raise DataError(f"{path}: unsupported file type {suffix!r} (use .txt, .jsonl or .parquet)")
 
 
 def read_fineweb_documents(sample: str, edu: bool) -> Iterator[str]:
@@ -66,7 +67,7 @@ def read_fineweb_documents(sample: str, edu: bool) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
-        raise SystemExit("streaming FineWeb needs the `datasets` library: "
+        raise UserError("streaming FineWeb needs the `datasets` library: "
                          "pip install -e '.[prepare]'") from None
     repo = "HuggingFaceFW/fineweb-edu" if edu else "HuggingFaceFW/fineweb"
     rows = datasets.load_dataset(repo, name=f"sample-{sample}", split="train", streaming=True)
@@ -128,7 +129,7 @@ def load_state(out_dir: Path, source: dict) -> dict:
         return {"source": source, "shards": 0, "next_doc": 0, "offset": 0, "complete": False}
     state = json.loads(path.read_text())
     if state["source"] != source:
-        raise SystemExit(f"{out_dir} holds shards prepared with {state['source']}, not {source}; "
+        raise DataError(f"{out_dir} holds shards prepared with {state['source']}, not {source}; "
                          "use another --out directory or delete it")
     return state
 
@@ -154,8 +155,7 @@ def prepare(documents: Iterable[str], out_dir: str | Path, name: str, source: di
     first_doc, first_offset = state["next_doc"], state["offset"]
     texts = itertools.islice(documents, first_doc, None)
     workers = workers or max(1, (os.cpu_count() or 2) - 1)
-    bar = tqdm(total=progress_total, unit=" " + progress_unit, unit_scale=True, desc=name,
-               dynamic_ncols=True)
+    bar = progress(total=progress_total, unit=progress_unit, desc=name)
     n_tokens = 0
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         docs = pool.imap(_tokenize_and_measure, texts, chunksize=16)
@@ -177,6 +177,7 @@ def _tokenize_and_measure(text: str) -> tuple[int, np.ndarray]:
     return len(text.encode("utf-8")), tokenizer.tokenize_document(text)
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gpt2_jax.data.prepare",
                                      description=__doc__.split("\n\n")[0])
@@ -210,8 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         prepare(documents, args.out, name, source, shard_size=args.shard_size,
                 workers=args.workers, progress_total=total, progress_unit=unit)
-    except ValueError as e:  # unreadable input: name the file and line, keep finished shards
-        sys.exit(f"error: {e}; shards finished so far are kept, and a rerun resumes after them")
+    except DataError as e:  # unreadable input: name the file and line, keep finished shards
+        raise DataError(f"{e}; shards finished so far are kept, and a rerun resumes after "
+                        "them") from None
 
 
 if __name__ == "__main__":

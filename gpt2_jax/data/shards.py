@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2_jax.errors import ShardError
+
 MAGIC = 20240520
 VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
-
-
-class ShardError(ValueError):
-    """A shard file that cannot be used, with the file and the reason in the message."""
 
 
 def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
