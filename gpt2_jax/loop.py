@@ -82,9 +82,12 @@ class ReadyClock:
             self._changed.wait_for(lambda: step in self._finished)
             return self._finished.pop(step)
 
+    def stop(self) -> None:
+        self._watched.put(None)
+
     def _wait_for_steps(self) -> None:
-        while True:
-            step, arrays = self._watched.get()
+        while (watched := self._watched.get()) is not None:
+            step, arrays = watched
             try:
                 jax.block_until_ready(arrays)
             except Exception:  # noqa: BLE001 - the loop's own read of the step reports the error
@@ -162,7 +165,7 @@ class StepLog:
 
 
 @contextlib.contextmanager
-def _closing(ckpt: Checkpointer, log: metrics.MetricsLog):
+def _closing(ckpt: Checkpointer, log: metrics.MetricsLog, steps: StepLog):
     """Finish pending checkpoint writes and flush the logs, whatever ends the loop."""
     try:
         yield
@@ -170,6 +173,7 @@ def _closing(ckpt: Checkpointer, log: metrics.MetricsLog):
         ckpt.wait()
         ckpt.close()
         log.close()
+        steps.clock.stop()
 
 
 class StopSignal:
@@ -344,7 +348,7 @@ def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> T
             log.write({"step": step, **report})
 
         step = start_step
-        with StopSignal() as stop, _closing(ckpt, log):
+        with StopSignal() as stop, _closing(ckpt, log, steps):
             for step in range(start_step + 1, t.max_steps + 1):
                 batch = sharding.to_global_array(next(train_batches), batch_sharding)
                 state, step_metrics = train_step(state, batch)
