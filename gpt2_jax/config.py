@@ -40,6 +40,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = "none"  # activation recomputation: none | full | a jax.checkpoint_policies name
     c.model.logits_dtype = "float32"  # storage of the loss's logits: float32 | bfloat16 (softmax in fp32)
     c.model.scan_unroll = 1  # layers per iteration of the compiled layer loop (n_layer = unrolled)
+    # The modern recipe (configs/modern_124m.py turns it on); the defaults are exact GPT-2.
+    c.model.pos_emb = "learned"  # learned (wpe) | rope (rotary embeddings on q and k, no wpe)
+    c.model.norm = "layernorm"  # layernorm | rmsnorm
+    c.model.qk_norm = False  # RMS-normalize q and k per head before attention
+    c.model.mlp_act = "gelu_tanh"  # gelu_tanh | relu2 (squared ReLU)
+    c.model.tie_embeddings = True  # False: a separate lm_head, zero-initialized
+    c.model.logit_softcap = 0.0  # > 0: logits = c * tanh(logits / c) (0 = off)
 
     c.train = ml_collections.ConfigDict()
     c.train.max_steps = 19073  # optimizer steps (10B tokens / 524,288)
@@ -167,6 +174,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(1 <= m.scan_unroll <= m.n_layer,
            f"model.scan_unroll ({m.scan_unroll}) must be in 1..model.n_layer ({m.n_layer})")
     _check(m.remat in REMAT_CHOICES, f"model.remat must be one of {REMAT_CHOICES}, not {m.remat!r}")
+    _check(m.pos_emb in ("learned", "rope"),
+           f"model.pos_emb must be learned or rope, not {m.pos_emb!r}")
+    _check(m.pos_emb != "rope" or (m.n_embd // m.n_head) % 2 == 0,
+           f"model.pos_emb=rope needs an even head size, not {m.n_embd // m.n_head} "
+           "(model.n_embd / model.n_head)")
+    _check(m.norm in ("layernorm", "rmsnorm"),
+           f"model.norm must be layernorm or rmsnorm, not {m.norm!r}")
+    _check(m.mlp_act in ("gelu_tanh", "relu2"),
+           f"model.mlp_act must be gelu_tanh or relu2, not {m.mlp_act!r}")
+    _check(m.logit_softcap >= 0, f"model.logit_softcap ({m.logit_softcap}) must be >= 0 (0 = off)")
     _check(0 < t.seq_len <= m.block_size,
            f"train.seq_len ({t.seq_len}) must be in 1..model.block_size ({m.block_size})")
     _check(t.max_steps > 0 and t.micro_batch_size > 0,
@@ -232,4 +249,6 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None) -> GP
                      vocab_size=m.vocab_size, real_vocab_size=VOCAB_SIZE,
                      block_size=m.block_size, dtype=dtype,
                      attention=attention, remat=m.remat, logits_dtype=m.logits_dtype,
-                     scan_unroll=m.scan_unroll)
+                     scan_unroll=m.scan_unroll, pos_emb=m.pos_emb, norm=m.norm,
+                     qk_norm=m.qk_norm, mlp_act=m.mlp_act, tie_embeddings=m.tie_embeddings,
+                     logit_softcap=m.logit_softcap)

@@ -190,11 +190,23 @@ def import_weights(source: str, workdir: str | Path) -> tuple[ml_collections.Con
     return c, sum(leaf.size for leaf in jax.tree.leaves(params))
 
 
+def check_exportable(cfg: GPTConfig) -> None:
+    """Only exact GPT-2 maps onto transformers' GPT2LMHeadModel: name the first option that
+    does not."""
+    exact = GPTConfig()
+    for option in ("pos_emb", "norm", "qk_norm", "mlp_act", "tie_embeddings", "logit_softcap"):
+        if getattr(cfg, option) != getattr(exact, option):
+            raise WeightsError(f"model.{option}={getattr(cfg, option)!r}: GPT-2's transformers "
+                               f"format has no such option (GPT-2 is {getattr(exact, option)!r}); "
+                               "only runs of the exact GPT-2 architecture export")
+
+
 def export_weights(workdir: str | Path, out: str | Path, step: int | None = None) -> int:
     """Write the run's checkpoint as a transformers directory; returns the exported step."""
     from safetensors.numpy import save_file
 
     trained = load_trained(workdir, step)
+    check_exportable(trained.model.config)
     params = jax.device_get(trained.params)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

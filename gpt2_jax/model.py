@@ -37,6 +37,13 @@ class GPTConfig:
     remat: str = "none"  # one of REMAT_CHOICES
     logits_dtype: str = "float32"  # dtype the loss's logits are stored in; softmax is always fp32
     scan_unroll: int = 1  # layers per iteration of the layer loop (n_layer = fully unrolled)
+    # The modern recipe's switches (modded-nanogpt); the defaults are exact GPT-2.
+    pos_emb: str = "learned"  # learned (wpe) | rope (rotary q and k, no wpe)
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    qk_norm: bool = False  # RMS-normalize q and k per head before attention
+    mlp_act: str = "gelu_tanh"  # gelu_tanh | relu2 (squared ReLU)
+    tie_embeddings: bool = True  # False: a separate, zero-initialized lm_head
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c)
 
     @property
     def head_dim(self) -> int:
@@ -51,12 +58,34 @@ def _const(init, axes: tuple):
     return nn.with_logical_partitioning(init, axes)
 
 
-def _layer_norm(cfg: GPTConfig, name: str) -> nn.LayerNorm:
+def _norm(cfg: GPTConfig, name: str) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(epsilon=1e-5, dtype=cfg.dtype, param_dtype=jnp.float32, name=name,
+                          scale_init=_const(nn.initializers.ones, ("embed",)))
     return nn.LayerNorm(
         epsilon=1e-5, dtype=cfg.dtype, param_dtype=jnp.float32, name=name,
         scale_init=_const(nn.initializers.ones, ("embed",)),
         bias_init=_const(nn.initializers.zeros, ("embed",)),
     )
+
+
+def rms_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """x / rms(x) over the last axis, in fp32 (no gain: QK-norm's normalization)."""
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+            ).astype(x.dtype)
+
+
+def rotary(x_BxTxHxK: jax.Array, positions_T: jax.Array, base: float = 10000.0) -> jax.Array:
+    """Rotary position embedding: each pair (x[i], x[i + K/2]) of a head turned by the angle
+    position * base^(-2i/K) (RoFormer, in the half-split layout of GPT-NeoX and Llama)."""
+    half = x_BxTxHxK.shape[-1] // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles_TxK2 = positions_T.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    cos, sin = (f(angles_TxK2)[None, :, None, :] for f in (jnp.cos, jnp.sin))
+    x1, x2 = (part.astype(jnp.float32) for part in (x_BxTxHxK[..., :half], x_BxTxHxK[..., half:]))
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1
+                           ).astype(x_BxTxHxK.dtype)
 
 
 def _residual_std(cfg: GPTConfig) -> float:
@@ -94,7 +123,7 @@ class CausalSelfAttention(nn.Module):
     decode: bool = False  # keep keys/values of earlier positions in the "cache" collection
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array) -> jax.Array:
         cfg = self.config
         # q, k and v in one matmul; the kernel keeps heads as an axis so tensor parallelism can
         # split heads without resharding (llm.c's c_attn is this kernel reshaped to (D, 3D)).
@@ -103,6 +132,11 @@ class CausalSelfAttention(nn.Module):
         qkv_BxTx3xHxK = nn.with_logical_constraint(
             qkv_BxTx3xHxK, ("batch", "length", None, "heads", "kv"))
         q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
+        if cfg.qk_norm:
+            q_BxTxHxK, k_BxTxHxK = rms_normalize(q_BxTxHxK), rms_normalize(k_BxTxHxK)
+        if cfg.pos_emb == "rope":
+            q_BxTxHxK = rotary(q_BxTxHxK, positions_T)
+            k_BxTxHxK = rotary(k_BxTxHxK, positions_T)
         if self.decode:
             y_BxTxHxK = self._attend_with_cache(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
         else:
@@ -136,22 +170,26 @@ class MLP(nn.Module):
         h_BxTxF = Projection((4 * cfg.n_embd,), ("embed", "mlp"), 0.02, cfg.dtype,
                              name="c_fc")(x_BxTxD)
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "length", "mlp"))
-        h_BxTxF = nn.gelu(h_BxTxF, approximate=True)  # GPT-2's tanh approximation
+        if cfg.mlp_act == "relu2":
+            h_BxTxF = jnp.square(nn.relu(h_BxTxF))
+        else:
+            h_BxTxF = nn.gelu(h_BxTxF, approximate=True)  # GPT-2's tanh approximation
         return Projection((cfg.n_embd,), ("mlp", "embed"), _residual_std(cfg), cfg.dtype,
                           name="c_proj")(h_BxTxF)
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block; the (carry, None) signature is what nn.scan wants."""
+    """Pre-norm transformer block; the (carry, None) signature is what nn.scan wants (the
+    positions are broadcast to every layer, for rotary embeddings)."""
 
     config: GPTConfig
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, _) -> tuple[jax.Array, None]:
+    def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array) -> tuple[jax.Array, None]:
         x_BxTxD = x_BxTxD + CausalSelfAttention(self.config, self.decode, name="attn")(
-            _layer_norm(self.config, "ln_1")(x_BxTxD))
-        x_BxTxD = x_BxTxD + MLP(self.config, name="mlp")(_layer_norm(self.config, "ln_2")(x_BxTxD))
+            _norm(self.config, "ln_1")(x_BxTxD), positions_T)
+        x_BxTxD = x_BxTxD + MLP(self.config, name="mlp")(_norm(self.config, "ln_2")(x_BxTxD))
         # Recorded only when "intermediates" is mutable (health.py); otherwise a no-op.
         self.sow("intermediates", "residual_rms",
                  jnp.sqrt(jnp.mean(jnp.square(x_BxTxD.astype(jnp.float32)))))
@@ -180,13 +218,17 @@ def embed(table_VxD: jax.Array, ids: jax.Array, dtype) -> jax.Array:
 
 
 def lm_head_logits(h_NxD: jax.Array, wte_VxD: jax.Array, dtype=jnp.float32,
-                   real_vocab_size: int | None = None) -> jax.Array:
-    """Tied LM head: logits stored in `dtype`, accumulated in fp32 from compute-dtype operands.
+                   real_vocab_size: int | None = None, softcap: float = 0.0) -> jax.Array:
+    """LM head: logits stored in `dtype`, accumulated in fp32 from compute-dtype operands.
 
-    With `real_vocab_size` the padded vocabulary entries are -inf, so they never win a sample and
-    carry no probability (the loss masks them itself, inside its reductions).
+    With `softcap` > 0 the logits are softcap * tanh(logits / softcap). With `real_vocab_size`
+    the padded vocabulary entries are -inf, so they never win a sample and carry no probability
+    (the loss masks them itself, inside its reductions).
     """
     logits_NxV = jnp.dot(h_NxD, wte_VxD.astype(h_NxD.dtype).T, preferred_element_type=dtype)
+    if softcap > 0:
+        logits_NxV = (softcap * jnp.tanh(logits_NxV.astype(jnp.float32) / softcap)
+                      ).astype(dtype)
     if real_vocab_size is None:
         return logits_NxV
     return jnp.where(jnp.arange(wte_VxD.shape[0]) < real_vocab_size, logits_NxV, -jnp.inf)
@@ -233,7 +275,7 @@ summed_softmax_cross_entropy.defvjp(_xent_forward, _xent_backward)
 
 def cross_entropy(h_NxD: jax.Array, wte_VxD: jax.Array, targets_N: jax.Array,
                   real_vocab_size: int, chunk_size: int = 0,
-                  logits_dtype=jnp.float32) -> jax.Array:
+                  logits_dtype=jnp.float32, softcap: float = 0.0) -> jax.Array:
     """Mean next-token cross-entropy over the real vocabulary, softmax computed in float32.
 
     The logits are stored in `logits_dtype` (bfloat16 halves their memory traffic, as in llm.c's
@@ -243,7 +285,7 @@ def cross_entropy(h_NxD: jax.Array, wte_VxD: jax.Array, targets_N: jax.Array,
     """
 
     def summed_loss(h_CxD, targets_C):
-        logits_CxV = lm_head_logits(h_CxD, wte_VxD, logits_dtype)
+        logits_CxV = lm_head_logits(h_CxD, wte_VxD, logits_dtype, softcap=softcap)
         return summed_softmax_cross_entropy(logits_CxV, targets_C, real_vocab_size)
 
     n_tokens = h_NxD.shape[0]
@@ -269,23 +311,28 @@ class GPT(nn.Module):
         cfg = self.config
         self.wte = nn.Embed(cfg.vocab_size, cfg.n_embd, dtype=cfg.dtype, param_dtype=jnp.float32,
                             embedding_init=_normal(0.02, ("vocab", "embed")))
-        self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, dtype=cfg.dtype, param_dtype=jnp.float32,
-                            embedding_init=_normal(0.02, (None, "embed")))
+        if cfg.pos_emb == "learned":
+            self.wpe = nn.Embed(cfg.block_size, cfg.n_embd, dtype=cfg.dtype,
+                                param_dtype=jnp.float32,
+                                embedding_init=_normal(0.02, (None, "embed")))
+        if not cfg.tie_embeddings:  # zero-initialized, as modded-nanogpt's untied head
+            self.lm_head = self.param("lm_head", _const(nn.initializers.zeros, ("vocab", "embed")),
+                                      (cfg.vocab_size, cfg.n_embd), jnp.float32)
         # The blocks' params stacked on a "layers" axis, run by a scan: with scan_unroll=1 one
         # compiled block serves every layer (48 compile like 1); unrolling trades compile time for
         # speed (the GPU configs unroll fully: +17-21% on an H100, BENCHMARKS.md).
         self.h = nn.scan(
             _remat(Block, cfg.remat),
             variable_axes={"params": 0, "intermediates": 0, "cache": 0},
-            split_rngs={"params": True}, length=cfg.n_layer, unroll=cfg.scan_unroll,
-            metadata_params={nn.PARTITION_NAME: "layers"},
+            split_rngs={"params": True}, in_axes=nn.broadcast, length=cfg.n_layer,
+            unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, self.decode)
-        self.ln_f = _layer_norm(cfg, "ln_f")
+        self.ln_f = _norm(cfg, "ln_f")
         if self.decode:
             self.position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
 
     def hidden_states(self, tokens_BxT: jax.Array) -> jax.Array:
-        """Final-LayerNorm output, (B, T, D) in the compute dtype."""
+        """Final-norm output, (B, T, D) in the compute dtype."""
         _, T = tokens_BxT.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds model.block_size "
@@ -294,25 +341,32 @@ class GPT(nn.Module):
         if self.decode:
             start = self.position.value
             self.position.value = start + T
-        x_BxTxD = (embed(self.wte.embedding, tokens_BxT, self.config.dtype)
-                   + embed(self.wpe.embedding, start + jnp.arange(T), self.config.dtype))
+        positions_T = start + jnp.arange(T)
+        x_BxTxD = embed(self.wte.embedding, tokens_BxT, self.config.dtype)
+        if self.config.pos_emb == "learned":
+            x_BxTxD = x_BxTxD + embed(self.wpe.embedding, positions_T, self.config.dtype)
         x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
-        x_BxTxD, _ = self.h(x_BxTxD, None)
+        x_BxTxD, _ = self.h(x_BxTxD, positions_T)
         return self.ln_f(x_BxTxD)
+
+    def head_table(self) -> jax.Array:
+        """The LM head's (V, D) weights: the token embedding when tied."""
+        return self.wte.embedding if self.config.tie_embeddings else self.lm_head
 
     def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
         """Next-token logits, (B, T, V) float32, padded vocabulary at -inf."""
         h_BxTxD = self.hidden_states(tokens_BxT)
-        return lm_head_logits(h_BxTxD, self.wte.embedding,
-                              real_vocab_size=self.config.real_vocab_size)
+        return lm_head_logits(h_BxTxD, self.head_table(),
+                              real_vocab_size=self.config.real_vocab_size,
+                              softcap=self.config.logit_softcap)
 
     def loss(self, tokens_BxT: jax.Array, targets_BxT: jax.Array,
              chunk_size: int = 0) -> jax.Array:
         """Mean cross-entropy of predicting `targets_BxT`; see `cross_entropy`."""
         h_BxTxD = self.hidden_states(tokens_BxT)
-        return cross_entropy(h_BxTxD.reshape(-1, self.config.n_embd), self.wte.embedding,
+        return cross_entropy(h_BxTxD.reshape(-1, self.config.n_embd), self.head_table(),
                              targets_BxT.reshape(-1), self.config.real_vocab_size, chunk_size,
-                             self.config.logits_dtype)
+                             self.config.logits_dtype, self.config.logit_softcap)
 
 
 def next_token_loss(model: GPT, params: Any, tokens_BxT1: jax.Array,

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# Parameters that get weight decay: matmul kernels and embeddings. Biases and LayerNorm do not.
-# (Decided by name, not ndim: under nn.scan every parameter gains a leading "layers" axis.)
-DECAYED_PARAM_NAMES = ("kernel", "embedding")
+# Parameters that get weight decay: matmul kernels, embeddings and an untied lm_head. Biases and
+# norm gains do not. (Decided by name, not ndim: under nn.scan every parameter gains a leading
+# "layers" axis.)
+DECAYED_PARAM_NAMES = ("kernel", "embedding", "lm_head")
 
 
 def lr_schedule(optim_config, max_steps: int) -> optax.Schedule:

@@ -1,0 +1,97 @@
+"""The modern recipe's switches (model.pos_emb, norm, qk_norm, mlp_act, tie_embeddings,
+logit_softcap): each trains, RoPE depends only on relative position, decoding with the KV cache
+still equals recomputing, and only exact GPT-2 exports to transformers. (With every switch off
+the model is GPT-2 as before: tests/test_hf.py's transformers parity covers it.)"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt2_jax import hf
+from gpt2_jax.config import model_config
+from gpt2_jax.errors import ConfigError, WeightsError
+from gpt2_jax.model import GPT, GPTConfig, init_params, rotary
+from gpt2_jax.optim import make_optimizer
+from gpt2_jax.tokenizer import VOCAB_SIZE
+from helpers import run_steps
+
+OPTIONS = {
+    "rope": ["--config.model.pos_emb=rope"],
+    "rmsnorm": ["--config.model.norm=rmsnorm"],
+    "qk_norm": ["--config.model.qk_norm=True"],
+    "relu2": ["--config.model.mlp_act=relu2"],
+    "untied head": ["--config.model.tie_embeddings=False"],
+    "softcap": ["--config.model.logit_softcap=15.0"],
+}
+ALL = [override for overrides in OPTIONS.values() for override in overrides]
+
+
+@pytest.mark.parametrize("overrides", [
+    *(pytest.param(overrides, marks=pytest.mark.slow, id=name)
+      for name, overrides in OPTIONS.items()),
+    pytest.param(ALL, id="all")])  # every option at once stays in the fast subset
+def test_each_option_trains(tiny_config, overrides):
+    c = tiny_config("--config.optim.lr=1e-2", "--config.optim.warmup_steps=2",
+                    "--config.optim.final_lr_frac=1.0", "--config.train.max_steps=15", *overrides)
+    batch = np.random.default_rng(0).integers(0, VOCAB_SIZE, (1, 4, 17)).astype(np.int32)
+    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), devices=jax.devices()[:1],
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    _, _, history = run_steps(c, mesh, make_optimizer(c.optim, 15), [batch] * 15)
+    losses = [float(h["loss"]) for h in history]
+    assert losses[0] > 10.0 and losses[-1] < losses[0] - 3.0, losses
+
+
+def test_options_shape_the_params_as_documented(tiny_config):
+    params = jax.eval_shape(lambda: init_params(GPT(model_config(tiny_config(*ALL))),
+                                                jax.random.key(0)))
+    assert "wpe" not in params and params["lm_head"].shape == (50304, 32)
+    assert "bias" not in params["ln_f"]  # RMSNorm: a gain, no bias
+
+
+def test_rotary_attention_scores_depend_only_on_relative_position():
+    rng = np.random.default_rng(0)
+    q, k = (jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32) for _ in range(2))
+
+    def score(q_pos, k_pos):
+        return float(jnp.sum(rotary(q, jnp.array([q_pos])) * rotary(k, jnp.array([k_pos]))))
+
+    assert score(7, 3) == pytest.approx(score(107, 103), rel=1e-5)
+    assert score(7, 3) != pytest.approx(score(7, 5), rel=1e-3)
+
+
+def test_rope_model_decodes_with_the_kv_cache_as_it_recomputes():
+    from gpt2_jax.decoding import generate
+
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, pos_emb="rope", qk_norm=True,
+                    norm="rmsnorm", mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0)
+    model = GPT(cfg)
+    params = init_params(model, jax.random.key(1))
+    params["lm_head"] = jax.random.normal(jax.random.key(2), params["lm_head"].shape) * 0.02
+    prompt = [464, 3290, 318, 257]
+    cached = np.asarray(generate(model, params, prompt, 12, temperature=0))[0]
+    forward = jax.jit(lambda t: model.apply({"params": params}, t)[0])
+    tokens = list(prompt)
+    for _ in range(12):
+        padded = np.zeros((1, cfg.block_size), np.int32)
+        padded[0, :len(tokens)] = tokens
+        tokens.append(int(jnp.argmax(forward(padded)[len(tokens) - 1])))
+    assert cached.tolist() == tokens
+
+
+@pytest.mark.parametrize("option, value", [("pos_emb", "rope"), ("norm", "rmsnorm"),
+                                           ("tie_embeddings", False), ("logit_softcap", 30.0)])
+def test_hf_export_of_a_modern_model_is_refused_naming_the_option(option, value):
+    with pytest.raises(WeightsError, match=rf"^model\.{option}={value!r}: GPT-2's transformers"):
+        hf.check_exportable(GPTConfig(**{option: value}))
+    hf.check_exportable(GPTConfig())  # exact GPT-2 exports
+
+
+@pytest.mark.parametrize("override, key", [("--config.model.pos_emb=alibi", "model.pos_emb"),
+                                           ("--config.model.norm=batchnorm", "model.norm"),
+                                           ("--config.model.mlp_act=swiglu", "model.mlp_act"),
+                                           ("--config.model.logit_softcap=-1.0",
+                                            "model.logit_softcap")])
+def test_an_unknown_option_value_names_its_key(tiny_config, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        tiny_config(override)
