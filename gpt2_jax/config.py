@@ -80,6 +80,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b2 = 0.95
     c.optim.eps = 1e-8
     c.optim.grad_clip = 1.0  # global-norm clipping threshold (0 = off)
+    c.optim.name = "adamw"  # adamw (everything, at optim.lr) | muon (hidden matrices; groups below)
+    # optim.name=muon only: Muon on the blocks' matrices, Adam (optim.b1/b2/eps, no decay) on the
+    # rest, each group at its own peak lr on the same warmup + cosine shape. Muon, embedding and
+    # head lrs from modded-nanogpt's 2024-11-06 record (records/110624_ShortcutsTweaks).
+    c.optim.muon_lr = 0.02  # Muon: the blocks' weight matrices
+    c.optim.muon_momentum = 0.95  # Muon's Nesterov momentum
+    c.optim.embed_lr = 0.3  # Adam: token (and position) embeddings
+    c.optim.head_lr = 0.002  # Adam: an untied lm_head
+    c.optim.scalar_lr = 0.02  # Adam: biases and norm gains (that record has none; our choice)
 
     c.stability = ml_collections.ConfigDict()
     c.stability.loss_zscore = 5.0  # skip an update whose loss z-score exceeds this (0 = off; llm.c -sl)
@@ -208,6 +217,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(t.hellaswag_every >= 0, f"train.hellaswag_every ({t.hellaswag_every}) must be >= 0")
     _check(t.health_every >= 0, f"train.health_every ({t.health_every}) must be >= 0")
     _check(o.lr > 0, f"optim.lr ({o.lr}) must be positive")
+    _check(o.name in ("adamw", "muon"), f"optim.name must be adamw or muon, not {o.name!r}")
+    for key in ("muon_lr", "embed_lr", "head_lr", "scalar_lr"):
+        _check(o[key] > 0, f"optim.{key} ({o[key]}) must be positive")
+    _check(0 <= o.muon_momentum < 1, f"optim.muon_momentum ({o.muon_momentum}) must be in [0, 1)")
     _check(0 <= o.warmup_steps, f"optim.warmup_steps ({o.warmup_steps}) must be >= 0")
     _check(0.0 <= o.final_lr_frac <= 1.0, f"optim.final_lr_frac ({o.final_lr_frac}) must be in [0, 1]")
     _check(o.weight_decay >= 0 and o.grad_clip >= 0,

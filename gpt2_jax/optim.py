@@ -1,4 +1,6 @@
-"""AdamW as llm.c trains GPT-2: warmup + cosine schedule, decay on 2-D weights, global-norm clip."""
+"""The optimizers: AdamW as llm.c trains GPT-2 (warmup + cosine schedule, decay on 2-D weights,
+global-norm clip), or Muon on the hidden matrices with Adam groups for the rest (the modern recipe,
+optim.name=muon)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from optax.contrib import MuonDimensionNumbers, scale_by_muon
 
 # Parameters that get weight decay: matmul kernels, embeddings and an untied lm_head. Biases and
 # norm gains do not. (Decided by name, not ndim: under nn.scan every parameter gains a leading
@@ -37,8 +41,81 @@ def decay_mask(params):
 
 def make_optimizer(optim_config, max_steps: int) -> optax.GradientTransformation:
     o = optim_config
-    adamw = optax.adamw(lr_schedule(o, max_steps), b1=o.b1, b2=o.b2, eps=o.eps,
-                        weight_decay=o.weight_decay, mask=decay_mask)
+    if o.name == "muon":
+        tx = muon_with_adam_groups(o, max_steps)
+    else:
+        tx = optax.adamw(lr_schedule(o, max_steps), b1=o.b1, b2=o.b2, eps=o.eps,
+                         weight_decay=o.weight_decay, mask=decay_mask)
     if o.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw)
-    return adamw
+        return optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+    return tx
+
+
+# How Muon sees each block matrix, as (reduction axes, output axes) of the stacked kernel; the
+# other axes are batch axes, orthogonalized independently: the layer axis, and c_attn's q/k/v
+# axis (q, k and v are three matrices, as in modded-nanogpt).
+MUON_DIMENSIONS = {
+    ("attn", "c_attn"): MuonDimensionNumbers(reduction_axis=1, output_axis=(3, 4)),  # L,D,3,H,K
+    ("attn", "c_proj"): MuonDimensionNumbers(reduction_axis=(1, 2), output_axis=3),  # L,H,K,D
+    ("mlp", "c_fc"): MuonDimensionNumbers(reduction_axis=1, output_axis=2),  # L,D,F
+    ("mlp", "c_proj"): MuonDimensionNumbers(reduction_axis=1, output_axis=2),  # L,F,D
+}
+
+
+def _keys(path) -> tuple[str, ...]:
+    return tuple(getattr(entry, "key", str(entry)) for entry in path)
+
+
+def param_group(path) -> str:
+    """muon (the blocks' weight matrices), embed, head (an untied lm_head) or scalar."""
+    keys = _keys(path)
+    if keys[0] == "h" and keys[-1] == "kernel":
+        return "muon"
+    return {"wte": "embed", "wpe": "embed", "lm_head": "head"}.get(keys[0], "scalar")
+
+
+def _muon_dimensions(updates):
+    """MUON_DIMENSIONS per leaf of the Muon group's (masked) updates."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf if isinstance(leaf, optax.MaskedNode)
+        else MUON_DIMENSIONS[_keys(path)[-3:-1]],
+        updates, is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode))
+
+
+def scale_by_width() -> optax.GradientTransformation:
+    """Muon's width scaling: sqrt(max(1, fan_out / fan_in)) (github.com/KellerJordan/Muon), so
+    a wide matrix's orthogonalized update keeps its per-entry size."""
+
+    def scale(path, update):
+        if isinstance(update, optax.MaskedNode):
+            return update
+        dims = MUON_DIMENSIONS[_keys(path)[-3:-1]]
+        fan_in = math.prod(update.shape[a] for a in np.atleast_1d(dims.reduction_axis))
+        fan_out = math.prod(update.shape[a] for a in np.atleast_1d(dims.output_axis))
+        return update * math.sqrt(max(1.0, fan_out / fan_in))
+
+    return optax.stateless(lambda updates, params=None: jax.tree_util.tree_map_with_path(
+        scale, updates, is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode)))
+
+
+def muon_with_adam_groups(o, max_steps: int) -> optax.GradientTransformation:
+    """Muon (Nesterov momentum, Newton-Schulz orthogonalized) on the blocks' matrices at
+    optim.muon_lr; Adam without decay on embeddings, an untied head and scalars, each at its own
+    lr. Every group follows optim's warmup + cosine shape. The matrices are sharded like their
+    params: XLA runs Newton-Schulz on the shards with the collectives it needs, on any mesh."""
+    shape = lr_schedule(o, max_steps)
+
+    def at_peak(peak: float) -> optax.Schedule:
+        return lambda step: shape(step) * (peak / o.lr)
+
+    def adam(peak: float) -> optax.GradientTransformation:
+        return optax.adam(at_peak(peak), b1=o.b1, b2=o.b2, eps=o.eps)
+
+    muon = optax.chain(
+        scale_by_muon(beta=o.muon_momentum, nesterov=True,
+                      weight_dimension_numbers=_muon_dimensions),
+        scale_by_width(), optax.scale_by_learning_rate(at_peak(o.muon_lr)))
+    groups = {"muon": muon, "embed": adam(o.embed_lr), "head": adam(o.head_lr),
+              "scalar": adam(o.scalar_lr)}
+    return optax.partition(groups, lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: param_group(path), params))

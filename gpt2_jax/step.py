@@ -35,9 +35,13 @@ def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh,
     params = sharding.logical_sharding(specs, mesh)
     moments = sharding.logical_sharding(specs, mesh, sharding.optimizer_rules(zero1))
     replicated = NamedSharding(mesh, P())
+    # Partitioned optimizers (Muon's groups) hold MaskedNode placeholders where a group has no
+    # state for a param: those stay as they are.
+    masked = lambda leaf: isinstance(leaf, optax.MaskedNode)  # noqa: E731
     opt_state = optax.tree_map_params(
-        tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params(model)), moments,
-        transform_non_params=lambda _: replicated)
+        tx, lambda leaf, s: leaf if masked(leaf) else s,
+        jax.eval_shape(tx.init, abstract_params(model)), moments,
+        transform_non_params=lambda _: replicated, is_leaf=masked)
     guard = jax.tree.map(lambda _: replicated,
                          jax.eval_shape(lambda: stability.init_guard(guard_window)))
     return TrainState(step=replicated, params=params, opt_state=opt_state, guard=guard)

@@ -11,10 +11,20 @@ def test_default_is_the_shipped_shakespeare_config():
     assert c.model.vocab_size == 50304 and c.train.seq_len <= c.model.block_size
 
 
-@pytest.mark.parametrize("name", ["gpt2_124m", "gpt2_350m", "gpt2_774m", "gpt2_1558m"])
+@pytest.mark.parametrize("name", ["gpt2_124m", "gpt2_350m", "gpt2_774m", "gpt2_1558m",
+                                  "modern_124m"])
 def test_shipped_configs_load_and_validate(name):
     c = load_config(str(CONFIGS / f"{name}.py"))
     assert c.data.source == "shards" and c.model.vocab_size == 50304
+
+
+def test_the_modern_config_is_gpt2_124m_with_the_recipe_switched_on():
+    modern, gpt2 = (load_config(str(CONFIGS / f"{name}.py")) for name in ("modern_124m",
+                                                                          "gpt2_124m"))
+    assert (modern.model.pos_emb, modern.model.norm, modern.model.qk_norm, modern.model.mlp_act,
+            modern.model.tie_embeddings, modern.optim.name) == (
+        "rope", "rmsnorm", True, "relu2", False, "muon")
+    assert modern.model.n_layer == gpt2.model.n_layer and modern.data == gpt2.data
 
 
 def test_overrides_are_typed_and_applied():

@@ -3,6 +3,8 @@ logit_softcap): each trains, RoPE depends only on relative position, decoding wi
 still equals recomputing, and only exact GPT-2 exports to transformers. (With every switch off
 the model is GPT-2 as before: tests/test_hf.py's transformers parity covers it.)"""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,3 +97,27 @@ def test_hf_export_of_a_modern_model_is_refused_naming_the_option(option, value)
 def test_an_unknown_option_value_names_its_key(tiny_config, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         tiny_config(override)
+
+
+@pytest.mark.slow
+def test_a_modern_muon_run_resumes_exactly_and_restores_for_evaluation(tmp_path):
+    """Muon's partitioned optimizer state (with its empty placeholders) checkpoints and
+    resumes bit-exactly; evaluation restores the modern model from its checkpoint."""
+    from gpt2_jax.checkpoint import load_trained
+    from gpt2_jax.config import load_config
+    from gpt2_jax.loop import train
+    from helpers import TINY
+
+    modern = [*TINY, *ALL, "--config.optim.name=muon", "--config.optim.warmup_steps=0",
+              "--config.optim.muon_lr=0.02", "--config.optim.embed_lr=0.01",
+              "--config.train.checkpoint_every=2", "--config.mesh.data=-1",
+              "--config.train.total_batch_size=256"]
+    c = load_config(None, [*modern, "--config.train.max_steps=4"])
+    straight = train(c, tmp_path / "a")  # checkpoints at steps 2 and 4
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")  # as if stopped after step 2
+    resumed = train(c, tmp_path / "b")
+    assert resumed.start_step == 2 and resumed.final_loss == straight.final_loss
+    a, b = load_trained(tmp_path / "a"), load_trained(tmp_path / "b")
+    assert a.model.config.pos_emb == "rope" and not a.model.config.tie_embeddings
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a.params), jax.device_get(b.params))

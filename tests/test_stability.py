@@ -38,6 +38,7 @@ def planted_spike_batches():
     return [usual[i % 3] for i in range(20)], spike, usual[20 % 3]
 
 
+@pytest.mark.slow
 def test_planted_spike_is_skipped_and_training_continues(tiny_config):
     c = tiny_config(*GUARDED[len(TINY):])
     ordinary, spike, next_batch = planted_spike_batches()
