@@ -33,7 +33,8 @@ from pathlib import Path
 import jax
 
 from gpt2_jax import metrics, sharding
-from gpt2_jax.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, model_config
+from gpt2_jax.config import DEFAULT_CONFIG_PATH, load_config, model_config
+from gpt2_jax.errors import ConfigError, UserError, exits_on_user_error
 from gpt2_jax.loop import train
 from gpt2_jax.model import count_params, flops_per_token
 from gpt2_jax.sharding import BatchLayout
@@ -119,31 +120,30 @@ def measure_loop(c, steps: int, warmup: int, window: int) -> dict:
         c.train.checkpoint_at_end = c.train.tensorboard = c.train.resume = False
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as workdir:
         result = train(c, workdir)
-        rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").open()]
+        rows = [row for _, row in metrics.read_rows(Path(workdir) / "metrics.jsonl")[0]
+                if "loss" in row]
     if result.last_step < steps:
-        raise RuntimeError(f"the loop stopped at step {result.last_step} of {steps} "
-                           f"({result.stopped_by}); nothing is reported for a partial run")
+        raise UserError(f"the loop stopped at step {result.last_step} of {steps} "
+                        f"({result.stopped_by}); nothing is reported for a partial run")
     # Each row's tokens_per_sec is the mean since the previous row: turn rows back into seconds.
     tokens = c.train.total_batch_size
-    seconds_at, previous = {}, None
-    for row in rows:
-        if "loss" in row and previous is not None:
-            seconds_at[row["step"]] = tokens * (row["step"] - previous) / row["tokens_per_sec"]
-        previous = row["step"] if "loss" in row else previous
+    seconds_at = {row["step"]: tokens * (row["step"] - before["step"]) / row["tokens_per_sec"]
+                  for before, row in zip(rows, rows[1:])}
     windows = []
     for start in range(warmup, steps, window):
         span = [seconds_at[s] for s in seconds_at if start < s <= start + window]
         windows.append((start + 1, start + window, tokens * window / sum(span)))
     timed = sum(t for s, t in seconds_at.items() if s > warmup)
-    return _figures(c, model_config(c), result.params, tokens_per_sec=tokens * (steps - warmup) / timed,
+    return _figures(c, model_config(c), result.params,
+                    tokens_per_sec=tokens * (steps - warmup) / timed,
                     tokens_per_sec_last=windows[-1][2], peak_memory_gib=result.peak_memory_gib,
                     compile_s=result.compile_seconds, loss=result.final_loss,
                     data=c.data.source, windows=windows)
 
 
-def _figures(c, model_config, n_params: int, **figures) -> dict:
+def _figures(c, gpt_config, n_params: int, **figures) -> dict:
     device = jax.local_devices()[0]
-    flops = flops_per_token(model_config, n_params, c.train.seq_len) * figures["tokens_per_sec"]
+    flops = flops_per_token(gpt_config, n_params, c.train.seq_len) * figures["tokens_per_sec"]
     return {**figures, "step_ms": 1000 * c.train.total_batch_size / figures["tokens_per_sec"],
             "mfu": metrics.mfu(flops, jax.device_count(), device),
             "device": f"{jax.device_count()}x {device.device_kind}"}
@@ -192,6 +192,7 @@ def results_record(config_name: str, overrides: list[str], r: dict, steps: int, 
             "mode": r["mode"], "windows": [[a, b, round(v)] for a, b, v in r["windows"]]}
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gpt2_jax.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -15,7 +15,7 @@ import jax
 
 from gpt2_jax import hellaswag, tokenizer
 from gpt2_jax.checkpoint import Trained, load_trained
-from gpt2_jax.data.sources import validation_batches
+from gpt2_jax.data.sources import data_files, validation_batches
 from gpt2_jax.decoding import decode_samples, generate
 from gpt2_jax.errors import EvalDataError, exits_on_user_error
 from gpt2_jax.metrics import MetricsLog
@@ -26,7 +26,8 @@ from gpt2_jax.step import make_evaluator
 def validation_loss(trained: Trained, workdir: Path, max_batches: int) -> float:
     """Mean loss over the first `max_batches` batches of the run's validation shards."""
     c = trained.config
-    batches = validation_batches(c, workdir, BatchLayout.from_config(c, trained.mesh), max_batches)
+    batches = validation_batches(c, data_files(c, workdir, "val"),
+                                 BatchLayout.from_config(c, trained.mesh), max_batches)
     with jax.set_mesh(trained.mesh):
         return make_evaluator(trained.model, trained.mesh, c.train.loss_chunk_size)(
             trained.params, batches)

@@ -19,10 +19,10 @@ import numpy as np
 from gpt2_jax import hellaswag, metrics, sharding, tokenizer
 from gpt2_jax.checkpoint import (MODEL_SHAPE_KEYS, BrokenCheckpoint, Checkpointer,
                                  check_same_model, describe_failure, restore_params)
-from gpt2_jax.errors import CheckpointError, ConfigError, EvalDataError, TrainingDiverged
 from gpt2_jax.config import check_tensor_parallelism
 from gpt2_jax.data.sources import make_data
 from gpt2_jax.decoding import generate
+from gpt2_jax.errors import CheckpointError, ConfigError, EvalDataError, TrainingDiverged
 from gpt2_jax.health import health_line, make_health_fn
 from gpt2_jax.model import count_params, flops_per_token
 from gpt2_jax.sharding import BatchLayout
@@ -268,9 +268,9 @@ def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> T
         say(f"skipping incomplete checkpoint {path} (interrupted while being written)")
     if ckpt.latest_step() == 0:
         ckpt.close()
-        raise CheckpointError(f"{ckpt.directory} holds imported weights (a step-0 checkpoint without "
-                          f"optimizer state); train from them with --config.train.init_from="
-                          f"{workdir} and another --workdir")
+        raise CheckpointError(f"{ckpt.directory} holds imported weights (a step-0 checkpoint "
+                              f"without optimizer state); train from them with "
+                              f"--config.train.init_from={workdir} and another --workdir")
 
     start_step = ckpt.latest_step() or 0
     if start_step >= t.max_steps:

@@ -74,28 +74,29 @@ def param_group(path) -> str:
     return {"wte": "embed", "wpe": "embed", "lm_head": "head"}.get(keys[0], "scalar")
 
 
-def _muon_dimensions(updates):
-    """MUON_DIMENSIONS per leaf of the Muon group's (masked) updates."""
+def _map_muon_leaves(fn, updates):
+    """fn(leaf, its MUON_DIMENSIONS) over the Muon group's updates; the other groups' leaves
+    arrive as MaskedNode placeholders and stay so."""
+    masked = lambda leaf: isinstance(leaf, optax.MaskedNode)  # noqa: E731
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: leaf if isinstance(leaf, optax.MaskedNode)
-        else MUON_DIMENSIONS[_keys(path)[-3:-1]],
-        updates, is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode))
+        lambda path, leaf: leaf if masked(leaf) else fn(leaf, MUON_DIMENSIONS[_keys(path)[-3:-1]]),
+        updates, is_leaf=masked)
+
+
+def _muon_dimensions(updates):
+    return _map_muon_leaves(lambda _, dims: dims, updates)
 
 
 def scale_by_width() -> optax.GradientTransformation:
     """Muon's width scaling: sqrt(max(1, fan_out / fan_in)) (github.com/KellerJordan/Muon), so
     a wide matrix's orthogonalized update keeps its per-entry size."""
 
-    def scale(path, update):
-        if isinstance(update, optax.MaskedNode):
-            return update
-        dims = MUON_DIMENSIONS[_keys(path)[-3:-1]]
+    def scale(update, dims):
         fan_in = math.prod(update.shape[a] for a in np.atleast_1d(dims.reduction_axis))
         fan_out = math.prod(update.shape[a] for a in np.atleast_1d(dims.output_axis))
         return update * math.sqrt(max(1.0, fan_out / fan_in))
 
-    return optax.stateless(lambda updates, params=None: jax.tree_util.tree_map_with_path(
-        scale, updates, is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode)))
+    return optax.stateless(lambda updates, params=None: _map_muon_leaves(scale, updates))
 
 
 def muon_with_adam_groups(o, max_steps: int) -> optax.GradientTransformation:

@@ -23,7 +23,7 @@ from gpt2_jax.optim import lr_schedule, make_optimizer
 class TrainState:
     step: jax.Array  # optimizer steps taken (skipped updates included)
     params: Any  # float32 parameter pytree
-    opt_state: Any  # AdamW moments (float32), sharded like the params
+    opt_state: Any  # the optimizer's moments (float32), sharded like the params
     guard: stability.GuardState  # recent losses / grad norms for the outlier guard
 
 
@@ -146,7 +146,8 @@ class Training:
 
 
 def build_training(c, mesh: Mesh, tx: optax.GradientTransformation | None = None) -> Training:
-    """Everything the train step of config `c` needs on `mesh` (`tx` replaces AdamW, for tests)."""
+    """Everything the train step of config `c` needs on `mesh` (`tx` replaces the configured
+    optimizer, for tests)."""
     model = GPT(model_config(c))
     tx = tx or make_optimizer(c.optim, c.train.max_steps)
     window = c.stability.window

@@ -17,6 +17,7 @@ import numpy as np
 
 from gpt2_jax.data import pipeline
 from gpt2_jax.data.shards import find_shards, write_shard
+from gpt2_jax.errors import exits_on_user_error
 
 
 def measure(files: list[str], *, seq_len: int, accum: int, batch: int, threads: int,
@@ -31,6 +32,7 @@ def measure(files: list[str], *, seq_len: int, accum: int, batch: int, threads: 
     return tokens / (time.perf_counter() - start)
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gpt2_jax.data.bench", description=__doc__)
     parser.add_argument("--files", help="glob of shards (default: random shards in a temp dir)")

@@ -20,10 +20,10 @@ def data_files(c: ml_collections.ConfigDict, workdir: Path, split: str) -> list[
     return find_shards(c.data[f"{split}_files"])
 
 
-def validation_batches(c: ml_collections.ConfigDict, workdir: Path, layout: BatchLayout,
+def validation_batches(c: ml_collections.ConfigDict, files: list[str], layout: BatchLayout,
                        max_batches: int):
     """The first `max_batches` validation batches of this process, one micro-batch each."""
-    return pipeline.eval_batches(data_files(c, workdir, "val"), seq_len=c.train.seq_len,
+    return pipeline.eval_batches(files, seq_len=c.train.seq_len,
                                  local_batch=layout.local_micro_batch, max_batches=max_batches)
 
 
@@ -35,10 +35,9 @@ def make_data(c: ml_collections.ConfigDict, workdir: Path, layout: BatchLayout, 
         return pipeline.SyntheticBatches(seq_len=seq_len, accum_steps=layout.accum_steps,
                                          local_batch=layout.local_micro_batch,
                                          seed=c.train.seed), None
-    train_files = data_files(c, workdir, "train")
-    val_batches = validation_batches(c, workdir, layout, c.train.eval_steps)
-    say(f"data: {len(train_files)} train shard(s), {len(data_files(c, workdir, 'val'))} val "
-        "shard(s)")
+    train_files, val_files = data_files(c, workdir, "train"), data_files(c, workdir, "val")
+    val_batches = validation_batches(c, val_files, layout, c.train.eval_steps)
+    say(f"data: {len(train_files)} train shard(s), {len(val_files)} val shard(s)")
     train_batches = pipeline.train_batches(
         train_files, seq_len=seq_len, accum_steps=layout.accum_steps,
         local_batch=layout.local_micro_batch, seed=c.train.seed,
