@@ -11,9 +11,10 @@ def get_config():
     c = base_config()  # already 124M: 12 layers, 12 heads, 768 channels, 524,288-token steps
     c.train.max_steps = 19073  # 10B tokens
     c.train.micro_batch_size = 64
-    # Measured on one H100 (BENCHMARKS.md): saving only the weight matmuls' outputs beats storing
-    # everything (which does not fit at 64 x 1024) and is faster than a chunked loss.
-    c.model.remat = "dots_with_no_batch_dims_saveable"
+    # No recomputation: with the layer loop fully unrolled (below) XLA keeps the activations it
+    # needs in 36.7 GiB at 64 x 1024 either way; a 2-iteration loop with a remat policy needs
+    # 15-24 GiB but runs 19% slower (BENCHMARKS.md, "Remat").
+    c.model.remat = "none"
     # bf16 logits (softmax still fp32), as llm.c's classifier: +18% tok/s at 124M, +3% at 1558M
     # on one H100 (BENCHMARKS.md).
     c.model.logits_dtype = "bfloat16"

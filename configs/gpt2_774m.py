@@ -8,7 +8,7 @@ def get_config():
     c.model.n_layer = 36
     c.model.n_head = 20
     c.model.n_embd = 1280
-    c.model.remat = "dots_with_no_batch_dims_saveable"
+    c.model.remat = "none"  # fully unrolled, a policy would not act (see gpt2_124m.py)
     c.train.max_steps = 286102
     c.train.micro_batch_size = 32
     c.train.total_batch_size = 524288

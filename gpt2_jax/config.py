@@ -38,8 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | bfloat16 | float32
     c.model.attention = "auto"  # auto (cudnn on GPU with bf16, else xla) | cudnn | xla
     c.model.remat = "none"  # activation recomputation: none | full | a jax.checkpoint_policies name
+    #   (acts between layer-loop iterations: needs model.scan_unroll <= model.n_layer / 2)
     c.model.logits_dtype = "float32"  # storage of the loss's logits: float32 | bfloat16 (softmax in fp32)
     c.model.scan_unroll = 1  # layers per iteration of the compiled layer loop (n_layer = unrolled)
+    c.model.fp8 = False  # FP8 (e4m3/e5m2, current scaling) for the blocks' matmuls; Hopper+ GPUs
     # The modern recipe (configs/modern_124m.py turns it on); the defaults are exact GPT-2.
     c.model.pos_emb = "learned"  # learned (wpe) | rope (rotary embeddings on q and k, no wpe)
     c.model.norm = "layernorm"  # layernorm | rmsnorm
@@ -183,6 +185,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(1 <= m.scan_unroll <= m.n_layer,
            f"model.scan_unroll ({m.scan_unroll}) must be in 1..model.n_layer ({m.n_layer})")
     _check(m.remat in REMAT_CHOICES, f"model.remat must be one of {REMAT_CHOICES}, not {m.remat!r}")
+    _check(m.remat == "none" or m.n_layer // m.scan_unroll >= 2,
+           f"model.remat={m.remat} needs the layer loop to run at least twice: with "
+           f"model.scan_unroll ({m.scan_unroll}) = model.n_layer ({m.n_layer}) the loop is fully "
+           "unrolled and XLA keeps every activation anyway. Set model.remat=none, or "
+           f"model.scan_unroll <= {max(1, m.n_layer // 2)} to recompute (slower; BENCHMARKS.md)")
     _check(m.pos_emb in ("learned", "rope"),
            f"model.pos_emb must be learned or rope, not {m.pos_emb!r}")
     _check(m.pos_emb != "rope" or (m.n_embd // m.n_head) % 2 == 0,
@@ -264,4 +271,4 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None) -> GP
                      attention=attention, remat=m.remat, logits_dtype=m.logits_dtype,
                      scan_unroll=m.scan_unroll, pos_emb=m.pos_emb, norm=m.norm,
                      qk_norm=m.qk_norm, mlp_act=m.mlp_act, tie_embeddings=m.tie_embeddings,
-                     logit_softcap=m.logit_softcap)
+                     logit_softcap=m.logit_softcap, fp8=m.fp8)

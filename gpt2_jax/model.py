@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt2_jax.fp8 import matmul as fp8_matmul
+
 # Names of `model.remat`: "none" stores every activation, "full" recomputes the whole block in the
 # backward pass, anything else is a policy of `jax.checkpoint_policies` (what may be saved).
 REMAT_CHOICES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
@@ -44,6 +46,7 @@ class GPTConfig:
     mlp_act: str = "gelu_tanh"  # gelu_tanh | relu2 (squared ReLU)
     tie_embeddings: bool = True  # False: a separate, zero-initialized lm_head
     logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c)
+    fp8: bool = False  # the blocks' four projections as FP8 matmuls (fp8.py); params stay fp32
 
     @property
     def head_dim(self) -> int:
@@ -98,7 +101,8 @@ class Projection(nn.Module):
     """x @ kernel + bias, contracting x's last `n_in` axes.
 
     The kernel is created at its full rank, e.g. (D, 3, H, K), so its logical axis names (and so
-    its sharding) can split heads; the output is in the compute dtype.
+    its sharding) can split heads; the output is in the compute dtype. With `fp8` the product is
+    an FP8 matmul of x and the kernel flattened to 2-D (fp8.py).
     """
 
     out_shape: tuple[int, ...]
@@ -106,6 +110,7 @@ class Projection(nn.Module):
     std: float
     dtype: str
     n_in: int = 1
+    fp8: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -114,7 +119,12 @@ class Projection(nn.Module):
                             in_shape + self.out_shape, jnp.float32)
         bias = self.param("bias", _const(nn.initializers.zeros, self.kernel_axes[self.n_in:]),
                           self.out_shape, jnp.float32)
-        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.n_in)
+        if self.fp8:
+            n_in, n_out = math.prod(in_shape), math.prod(self.out_shape)
+            y = fp8_matmul(x.reshape(-1, n_in), kernel.reshape(n_in, n_out), jnp.dtype(self.dtype))
+            y = y.reshape(x.shape[:-self.n_in] + self.out_shape)
+        else:
+            y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.n_in)
         return y + bias.astype(self.dtype)
 
 
@@ -128,7 +138,7 @@ class CausalSelfAttention(nn.Module):
         # q, k and v in one matmul; the kernel keeps heads as an axis so tensor parallelism can
         # split heads without resharding (llm.c's c_attn is this kernel reshaped to (D, 3D)).
         qkv_BxTx3xHxK = Projection((3, cfg.n_head, cfg.head_dim), ("embed", None, "heads", "kv"),
-                                   0.02, cfg.dtype, name="c_attn")(x_BxTxD)
+                                   0.02, cfg.dtype, fp8=cfg.fp8, name="c_attn")(x_BxTxD)
         qkv_BxTx3xHxK = nn.with_logical_constraint(
             qkv_BxTx3xHxK, ("batch", "length", None, "heads", "kv"))
         q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
@@ -143,7 +153,7 @@ class CausalSelfAttention(nn.Module):
             y_BxTxHxK = jax.nn.dot_product_attention(
                 q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation=cfg.attention)
         return Projection((cfg.n_embd,), ("heads", "kv", "embed"), _residual_std(cfg), cfg.dtype,
-                          n_in=2, name="c_proj")(y_BxTxHxK)
+                          n_in=2, fp8=cfg.fp8, name="c_proj")(y_BxTxHxK)
 
     def _attend_with_cache(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
         """Append this call's keys/values at the cache's position, attend over all of them."""
@@ -167,7 +177,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         cfg = self.config
-        h_BxTxF = Projection((4 * cfg.n_embd,), ("embed", "mlp"), 0.02, cfg.dtype,
+        h_BxTxF = Projection((4 * cfg.n_embd,), ("embed", "mlp"), 0.02, cfg.dtype, fp8=cfg.fp8,
                              name="c_fc")(x_BxTxD)
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "length", "mlp"))
         if cfg.mlp_act == "relu2":
@@ -175,7 +185,7 @@ class MLP(nn.Module):
         else:
             h_BxTxF = nn.gelu(h_BxTxF, approximate=True)  # GPT-2's tanh approximation
         return Projection((cfg.n_embd,), ("mlp", "embed"), _residual_std(cfg), cfg.dtype,
-                          name="c_proj")(h_BxTxF)
+                          fp8=cfg.fp8, name="c_proj")(h_BxTxF)
 
 
 class Block(nn.Module):
@@ -197,6 +207,10 @@ class Block(nn.Module):
 
 
 def _remat(block: type[nn.Module], policy_name: str) -> type[nn.Module]:
+    """The block under a recomputation policy. The policy acts between iterations of the
+    layer loop: with the loop fully unrolled XLA schedules the recomputation straight into the
+    forward pass, keeping every activation (an H100 measured the same memory and speed with and
+    without a policy), so the config requires >= 2 iterations (config.validate)."""
     if policy_name == "none":
         return block
     policy = None if policy_name == "full" else getattr(jax.checkpoint_policies, policy_name)
@@ -378,8 +392,13 @@ def next_token_loss(model: GPT, params: Any, tokens_BxT1: jax.Array,
 
 
 def init_params(model: GPT, rng: jax.Array) -> Any:
-    """The params pytree (logical-axis boxes removed)."""
-    return nn.unbox(model.init(rng, jnp.zeros((1, 1), jnp.int32)))["params"]
+    """The params pytree (logical-axis boxes removed).
+
+    Initialized through a rolled layer loop: the values are the same for every scan_unroll,
+    and compiling 48 unrolled initializers took over a minute for 1558M on an H100.
+    """
+    rolled = model.clone(config=dataclasses.replace(model.config, scan_unroll=1))
+    return nn.unbox(rolled.init(rng, jnp.zeros((1, 1), jnp.int32)))["params"]
 
 
 def param_logical_specs(model: GPT) -> Any:

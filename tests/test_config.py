@@ -30,8 +30,8 @@ def test_the_modern_config_is_gpt2_124m_with_the_recipe_switched_on():
 def test_overrides_are_typed_and_applied():
     c = load_config(str(CONFIGS / "gpt2_124m.py"),
                     ["--config.optim.lr=3e-4", "--config.train.max_steps=10",
-                     "--config.model.remat=full"])
-    assert c.optim.lr == 3e-4 and c.train.max_steps == 10 and c.model.remat == "full"
+                     "--config.model.logits_dtype=float32"])
+    assert c.optim.lr == 3e-4 and c.train.max_steps == 10 and c.model.logits_dtype == "float32"
 
 
 def test_unknown_key_is_rejected_with_its_name_and_a_suggestion():
@@ -60,6 +60,15 @@ def test_wrong_type_is_rejected_with_its_name():
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_remat_on_a_fully_unrolled_layer_loop_is_rejected():
+    """A remat policy only acts between loop iterations; unrolled, it would silently do nothing."""
+    with pytest.raises(ConfigError, match=r"model\.remat=full.*model\.scan_unroll <= 6"):
+        load_config("configs/gpt2_124m.py", ["--config.model.remat=full"])
+    config = load_config("configs/gpt2_124m.py", ["--config.model.remat=full",
+                                                  "--config.model.scan_unroll=6"])
+    assert config.model.remat == "full"
 
 
 def test_auto_dtype_and_attention_follow_the_backend():

@@ -1,5 +1,6 @@
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,6 +126,14 @@ def test_remat_and_unrolling_do_not_change_loss_or_gradients(variant):
     l2, g2 = jax.value_and_grad(lambda p: loss(remat_model, p))(params)
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g1, g2)
+
+
+def test_params_do_not_depend_on_unrolling():
+    """init_params compiles a rolled loop whatever scan_unroll says: the values must be those
+    the unrolled model's own init gives."""
+    model, params = tiny_model(scan_unroll=2)
+    own = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+    jax.tree.map(np.testing.assert_array_equal, params, own)
 
 
 def test_sequence_longer_than_block_size_is_rejected():

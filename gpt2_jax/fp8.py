@@ -1,0 +1,62 @@
+"""FP8 matmuls for Hopper: e4m3 operands forward, e5m2 gradients backward, fp32 accumulation.
+
+Per-tensor *current* scaling: each operand is divided by amax(|x|) / fp8_max just before the cast,
+so no scale state is carried between steps (nothing to shard, checkpoint or resume; the train
+state is the bf16 one's). XLA's GEMM rewriter turns `dot_general` on float8 operands followed by
+a scalar multiply into one cuBLASLt FP8 GEMM with the scales folded in; on CPU, XLA converts the
+float8 operands to a wide type, so the same code runs (slowly) in tests.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+E4M3 = jnp.float8_e4m3fn  # forward operands: more mantissa
+E5M2 = jnp.float8_e5m2  # gradients: more range
+
+
+def quantize(x: jax.Array, fp8_dtype) -> tuple[jax.Array, jax.Array]:
+    """(x / scale as `fp8_dtype`, scale), scale = amax(|x|) / the format's largest value."""
+    fp8_max = float(jnp.finfo(fp8_dtype).max)
+    amax = jnp.max(jnp.abs(x)).astype(jnp.float32)
+    scale = jnp.where(amax > 0, amax / fp8_max, 1.0)
+    q = jnp.clip(x.astype(jnp.float32) / scale, -fp8_max, fp8_max).astype(fp8_dtype)
+    return q, scale
+
+
+def _scaled_dot(a, b, contract: tuple[int, int], scale: jax.Array, out_dtype) -> jax.Array:
+    """(a . b) * scale for 2-D fp8 operands contracting a's axis contract[0] with b's
+    contract[1], accumulated in fp32."""
+    y = jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())),
+                            preferred_element_type=jnp.float32)
+    return (y * scale).astype(out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul(x_NxI: jax.Array, w_IxO: jax.Array, out_dtype) -> jax.Array:
+    """x @ w with both operands in e4m3; the backward multiplies e5m2 gradients by the saved
+    e4m3 operands. Gradients come back in x's and w's own dtypes."""
+    return _matmul_forward(x_NxI, w_IxO, out_dtype)[0]
+
+
+def _matmul_forward(x_NxI, w_IxO, out_dtype):
+    xq_NxI, x_scale = quantize(x_NxI, E4M3)
+    wq_IxO, w_scale = quantize(w_IxO, E4M3)
+    y_NxO = _scaled_dot(xq_NxI, wq_IxO, (1, 0), x_scale * w_scale, out_dtype)
+    # The fp8 copies are the residuals: half the bytes of the bf16 activations they replace.
+    return y_NxO, (xq_NxI, x_scale, wq_IxO, w_scale, jnp.zeros((), x_NxI.dtype),
+                   jnp.zeros((), w_IxO.dtype))
+
+
+def _matmul_backward(out_dtype, residuals, g_NxO):
+    xq_NxI, x_scale, wq_IxO, w_scale, x_like, w_like = residuals
+    gq_NxO, g_scale = quantize(g_NxO, E5M2)
+    dx_NxI = _scaled_dot(gq_NxO, wq_IxO, (1, 1), g_scale * w_scale, x_like.dtype)
+    dw_IxO = _scaled_dot(xq_NxI, gq_NxO, (0, 0), x_scale * g_scale, w_like.dtype)
+    return dx_NxI, dw_IxO
+
+
+matmul.defvjp(_matmul_forward, _matmul_backward)
