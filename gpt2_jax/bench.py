@@ -2,7 +2,7 @@
 
     python -m gpt2_jax.bench --config configs/gpt2_124m.py [--config.KEY=VALUE ...]
         [--loop] [--steps 10] [--warmup 3] [--window 100]
-        [--variant="--config.model.remat=full" ...] [--jsonl benchmarks/results.jsonl]
+        [--variant="--config.model.logits_dtype=float32" ...] [--jsonl benchmarks/results.jsonl]
         [--results BENCHMARKS.md] [--profile DIR] [--run_id ID]
 
 Step mode (default): the jitted train step on random tokens made on the devices, so neither the
@@ -32,39 +32,15 @@ from pathlib import Path
 
 import jax
 
-from gpt2_jax import metrics, sharding
+from gpt2_jax import metrics, profiling, sharding
 from gpt2_jax.config import DEFAULT_CONFIG_PATH, load_config, model_config
+from gpt2_jax.distributed import initialize
 from gpt2_jax.errors import ConfigError, UserError, exits_on_user_error
 from gpt2_jax.loop import train
 from gpt2_jax.model import count_params, flops_per_token
 from gpt2_jax.sharding import BatchLayout
 from gpt2_jax.step import build_training
 from gpt2_jax.tokenizer import VOCAB_SIZE
-
-
-def kernel_summary(trace_dir: str, top: int = 25) -> str:
-    """The device's busiest kernels in a jax.profiler trace: total time, share, count, name.
-    (Which HLO instruction a kernel belongs to: dump the optimized HLO with XLA_FLAGS=--xla_dump_to.)
-    """
-    totals: dict[str, list] = {}
-    for path in Path(trace_dir).rglob("*.xplane.pb"):
-        for plane in jax.profiler.ProfileData.from_file(str(path)).planes:
-            if not plane.name.startswith("/device:"):
-                continue
-            for line in plane.lines:
-                if not line.name.startswith("Stream"):  # kernels; "XLA Ops" would count twice
-                    continue
-                for event in line.events:
-                    entry = totals.setdefault(event.name, [0.0, 0])
-                    entry[0] += event.duration_ns
-                    entry[1] += 1
-    if not totals:
-        return "no device kernels in the trace"
-    total = sum(ns for ns, _ in totals.values())
-    rows = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
-    return "\n".join([f"{'ms':>9} {'share':>6} {'count':>6}  kernel"] + [
-        f"{ns / 1e6:9.2f} {100 * ns / total:5.1f}% {count:6d}  {name[:110]}"
-        for name, (ns, count) in rows])
 
 
 def measure_step(c, steps: int, warmup: int, profile_dir: str | None = None) -> dict:
@@ -104,7 +80,7 @@ def measure_step(c, steps: int, warmup: int, profile_dir: str | None = None) -> 
         loss=float(step_metrics["loss"]), data="synthetic", windows=[])
 
 
-def measure_loop(c, steps: int, warmup: int, window: int) -> dict:
+def measure_loop(c, steps: int, warmup: int, window: int) -> dict | None:
     """Run `loop.train` for `steps` steps in a scratch workdir and time it from its own log
     rows: the mean after `warmup` steps, and each `window` steps from there on."""
     log_every = c.train.log_every
@@ -120,6 +96,8 @@ def measure_loop(c, steps: int, warmup: int, window: int) -> dict:
         c.train.checkpoint_at_end = c.train.tensorboard = c.train.resume = False
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as workdir:
         result = train(c, workdir)
+        if jax.process_index() != 0:  # only the first process logs rows; it reports
+            return None
         rows = [row for _, row in metrics.read_rows(Path(workdir) / "metrics.jsonl")[0]
                 if "loss" in row]
     if result.last_step < steps:
@@ -189,7 +167,10 @@ def results_record(config_name: str, overrides: list[str], r: dict, steps: int, 
             "peak_memory_gib": None if r["peak_memory_gib"] is None else round(r["peak_memory_gib"], 2),
             "compile_s": None if r["compile_s"] is None else round(r["compile_s"], 1),
             "run_id": run_id, "command": command,
-            "mode": r["mode"], "windows": [[a, b, round(v)] for a, b, v in r["windows"]]}
+            "mode": r["mode"], "windows": [[a, b, round(v)] for a, b, v in r["windows"]],
+            "processes": jax.process_count(),
+            **({"exposed_collective_share": round(r["exposed_collective_share"], 4)}
+               if "exposed_collective_share" in r else {})}
 
 
 @exits_on_user_error
@@ -213,8 +194,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="shared by the rows of one sitting on one machine ($BENCH_RUN_ID)")
     parser.add_argument("--results", help="append markdown table rows to this file")
     parser.add_argument("--profile", help="step mode: also trace 2 steps into this directory and "
-                        "print the busiest device kernels")
+                        "print the busiest device kernels and the collectives' exposed time")
+    parser.add_argument("--coordinator_address", help="HOST:PORT of process 0, when several "
+                        "processes (hosts) run one benchmark")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
+    parser.add_argument("--local_device_ids", help="comma-separated GPUs this process drives "
+                        "(default: all it sees)")
     args, overrides = parser.parse_known_args(argv)
+    initialize(args.coordinator_address, args.num_processes, args.process_id,
+               args.local_device_ids)
+    is_main = jax.process_index() == 0
     config_name = Path(args.config).stem
     rows = []
     for variant in args.variant or [""]:
@@ -227,8 +217,14 @@ def main(argv: list[str] | None = None) -> None:
             profile_dir = args.profile and str(
                 Path(args.profile) / f"{time.strftime('%Y%m%d-%H%M%S')}-variant{len(rows)}")
             r = measure_step(config, args.steps, args.warmup, profile_dir)
-            if profile_dir:
-                print(kernel_summary(profile_dir), flush=True)
+            if profile_dir and is_main:
+                print(profiling.kernel_summary(profile_dir), flush=True)
+                print(profiling.overlap_summary(profile_dir), flush=True)
+                overlaps = profiling.collective_overlap(profile_dir)
+                if jax.device_count() > 1 and overlaps:
+                    r["exposed_collective_share"] = max(o.exposed_share for o in overlaps)
+        if r is None or not is_main:
+            continue
         r.update(mode="loop" if args.loop else "step", tokens_per_step=config.train.total_batch_size)
         command = " ".join(["python -m gpt2_jax.bench --config", args.config,
                             *(["--loop"] if args.loop else []), *variant_overrides,
@@ -247,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.jsonl, "a") as f:
                 f.write(json.dumps(results_record(config_name, variant_overrides, r, args.steps,
                                                   args.run_id, command)) + "\n")
+    if not is_main:
+        return
     print("\n".join(rows))
     if args.results:
         with open(args.results, "a") as f:

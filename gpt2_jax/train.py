@@ -3,7 +3,7 @@
 Intentionally short: the logic lives in modules that can be imported and tested (loop.py, the training loop).
 With no --config, a small GPT-2 trains on the Shakespeare text the package ships.
 Several processes (hosts) join one run with --coordinator_address=HOST:PORT --num_processes=N
---process_id=I, or automatically under SLURM (launch/slurm.sbatch).
+--process_id=I [--local_device_ids=0,1], or automatically under SLURM (launch/slurm.sbatch).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from gpt2_jax.errors import ConfigError, exits_on_user_error
 from gpt2_jax.loop import train
 
 
-FLAGS = ("--config", "--workdir", "--coordinator_address", "--num_processes", "--process_id")
+FLAGS = ("--config", "--workdir", "--coordinator_address", "--num_processes", "--process_id",
+         "--local_device_ids")
 
 
 def parse_args(args: list[str]) -> tuple[str, list[str], str, dict]:
@@ -41,7 +42,8 @@ def parse_args(args: list[str]) -> tuple[str, list[str], str, dict]:
     workdir = values.pop("workdir", None) or str(Path("runs") / Path(config_path).stem)
     distributed = {"coordinator_address": values.get("coordinator_address"),
                    "num_processes": int(values["num_processes"]) if "num_processes" in values else None,
-                   "process_id": int(values["process_id"]) if "process_id" in values else None}
+                   "process_id": int(values["process_id"]) if "process_id" in values else None,
+                   "local_device_ids": values.get("local_device_ids")}
     return config_path, overrides, workdir, distributed
 
 

@@ -1,6 +1,10 @@
 """The benchmark commands stay alive on CPU (their GPU figures are in BENCHMARKS.md)."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -17,10 +21,10 @@ TINY_BENCH = ["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.
 def test_train_bench_measures_and_appends_rows(tmp_path, capsys):
     results = tmp_path / "rows.md"
     bench.main([*TINY_BENCH, "--steps", "1", "--warmup", "1", "--variant=",
-                "--variant=--config.model.remat=full", "--results", str(results),
+                "--variant=--config.model.logits_dtype=bfloat16", "--results", str(results),
                 "--jsonl", str(tmp_path / "results.jsonl")])
     rows = results.read_text().splitlines()
-    assert len(rows) == 2 and "model.remat=full" in rows[1]
+    assert len(rows) == 2 and "model.logits_dtype=bfloat16" in rows[1]
     assert all(r.startswith("| ") and "tok/s" not in r for r in rows)
     assert capsys.readouterr().out.count("tok/s") == 2
 
@@ -46,3 +50,25 @@ def test_loop_bench_times_the_trainer_in_windows_and_records_the_fields(tmp_path
     assert [w[:2] for w in row["windows"]] == [[2, 4], [5, 7]]
     assert row["tokens_per_sec_last"] == row["windows"][-1][2] > 0
     assert "steps 5-7:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_loop_bench_over_two_processes_reports_once(tmp_path):
+    """`bench --coordinator_address ...` times a multi-process run (as on many hosts): only
+    process 0 reports, and its row says how many processes and devices ran."""
+    jsonl = tmp_path / "results.jsonl"
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "gpt2_jax.bench", "--loop", *TINY_BENCH, "--config.mesh.data=2",
+         "--config.data.num_threads=1", "--config.train.log_every=1", "--steps", "4",
+         "--warmup", "1", "--window", "3", "--jsonl", str(jsonl),
+         f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outputs[0][-2000:] + outputs[1][-2000:]
+    (row,) = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert row["processes"] == 2 and row["gpu"].startswith("2x ")
+    assert "tok/s" in outputs[0] and "tok/s" not in outputs[1]
