@@ -72,20 +72,28 @@ def abstract_train_state(model: GPT, tx: optax.GradientTransformation, shardings
 
 def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     loss_chunk_size: int, loss_zscore: float = 0.0,
-                    grad_zscore: float = 0.0) -> Callable:
+                    grad_zscore: float = 0.0, grad_shardings: Any = None) -> Callable:
     """(state, tokens[accum, batch, T+1]) -> (state, metrics); accumulates inside one jit.
 
     The outlier guard (stability.py) decides in the same jit whether the update is applied.
+    With `grad_shardings` (the params' shardings) the accumulated gradients are held in the
+    params' layout, so ZeRO-1's split moments do not reach back into the backward pass: left to
+    propagation, each device scattered the whole batch's embedding rows into half of the table.
     """
+
+    def constrain(grads):
+        if grad_shardings is None:
+            return grads
+        return jax.lax.with_sharding_constraint(grads, grad_shardings)
 
     def train_step(state: TrainState, tokens_AxBxT1: jax.Array):
         with sharding.axis_rules():
             def micro_step(grad_sum, tokens_BxT1):
                 loss, grads = jax.value_and_grad(next_token_loss, argnums=1)(
                     model, state.params, tokens_BxT1, loss_chunk_size)
-                return jax.tree.map(jnp.add, grad_sum, grads), loss
+                return constrain(jax.tree.map(jnp.add, grad_sum, grads)), loss
 
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            zeros = constrain(jax.tree.map(jnp.zeros_like, state.params))
             grad_sum, losses_A = jax.lax.scan(micro_step, zeros, tokens_AxBxT1)
         grads = jax.tree.map(lambda g: g / tokens_AxBxT1.shape[0], grad_sum)
         loss, grad_norm = jnp.mean(losses_A), optax.tree.norm(grads)
@@ -154,5 +162,5 @@ def build_training(c, mesh: Mesh, tx: optax.GradientTransformation | None = None
     shardings = state_shardings(model, tx, mesh, window, zero1=c.mesh.zero1)
     step = make_train_step(model, tx, lr_schedule(c.optim, c.train.max_steps),
                            c.train.loss_chunk_size, c.stability.loss_zscore,
-                           c.stability.grad_zscore)
+                           c.stability.grad_zscore, grad_shardings=shardings.params)
     return Training(model, tx, shardings, jit_train_step(step, shardings, mesh), window)
