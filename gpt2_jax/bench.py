@@ -4,6 +4,7 @@
         [--loop] [--steps 10] [--warmup 3] [--window 100]
         [--variant="--config.model.logits_dtype=float32" ...] [--jsonl benchmarks/results.jsonl]
         [--results BENCHMARKS.md] [--profile DIR] [--run_id ID]
+        [--coordinator_address HOST:PORT --num_processes N --process_id I [--local_device_ids I]]
 
 Step mode (default): the jitted train step on random tokens made on the devices, so neither the
 input pipeline nor the host is measured; the timed steps are split in two halves.
@@ -11,6 +12,10 @@ Loop mode (--loop): `loop.train` itself, as users run it, on the config's data (
 e.g. real token shards): input pipeline, host-to-device transfer, step, metrics read-back and
 logging, with evaluation, checkpoints and samples off. After `--warmup` steps it reports every
 `--window` steps, so a slowdown over the run shows (llm.c logs the same way).
+
+With the multi-process flags (as `train` takes them) one benchmark runs over several processes
+or hosts; process 0 reports. `--profile` on several devices also prints the share of the step in
+which collectives run with no compute beside them (gpt2_jax/profiling.py).
 
 Each --variant adds overrides on top of the common ones and is measured in turn in one process
 (one row each). Every measurement is appended as a JSON line to --jsonl (fields: date, gpu, jax,

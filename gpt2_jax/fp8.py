@@ -46,7 +46,8 @@ def _matmul_forward(x_NxI, w_IxO, out_dtype):
     xq_NxI, x_scale = quantize(x_NxI, E4M3)
     wq_IxO, w_scale = quantize(w_IxO, E4M3)
     y_NxO = _scaled_dot(xq_NxI, wq_IxO, (1, 0), x_scale * w_scale, out_dtype)
-    # The fp8 copies are the residuals: half the bytes of the bf16 activations they replace.
+    # The backward keeps the fp8 copies; two empty arrays carry x's and w's dtypes, which the
+    # gradients must come back in (residuals hold arrays only).
     return y_NxO, (xq_NxI, x_scale, wq_IxO, w_scale, jnp.zeros((), x_NxI.dtype),
                    jnp.zeros((), w_IxO.dtype))
 

@@ -71,19 +71,16 @@ def abstract_train_state(model: GPT, tx: optax.GradientTransformation, shardings
 
 
 def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    loss_chunk_size: int, loss_zscore: float = 0.0,
-                    grad_zscore: float = 0.0, grad_shardings: Any = None) -> Callable:
+                    loss_chunk_size: int, grad_shardings: Any, loss_zscore: float = 0.0,
+                    grad_zscore: float = 0.0) -> Callable:
     """(state, tokens[accum, batch, T+1]) -> (state, metrics); accumulates inside one jit.
 
     The outlier guard (stability.py) decides in the same jit whether the update is applied.
-    With `grad_shardings` (the params' shardings) the accumulated gradients are held in the
-    params' layout, so ZeRO-1's split moments do not reach back into the backward pass: left to
+    The accumulated gradients are held in the params' layout (`grad_shardings`), so ZeRO-1's split moments do not reach back into the backward pass: left to
     propagation, each device scattered the whole batch's embedding rows into half of the table.
     """
 
     def constrain(grads):
-        if grad_shardings is None:
-            return grads
         return jax.lax.with_sharding_constraint(grads, grad_shardings)
 
     def train_step(state: TrainState, tokens_AxBxT1: jax.Array):
@@ -161,6 +158,6 @@ def build_training(c, mesh: Mesh, tx: optax.GradientTransformation | None = None
     window = c.stability.window
     shardings = state_shardings(model, tx, mesh, window, zero1=c.mesh.zero1)
     step = make_train_step(model, tx, lr_schedule(c.optim, c.train.max_steps),
-                           c.train.loss_chunk_size, c.stability.loss_zscore,
-                           c.stability.grad_zscore, grad_shardings=shardings.params)
+                           c.train.loss_chunk_size, shardings.params, c.stability.loss_zscore,
+                           c.stability.grad_zscore)
     return Training(model, tx, shardings, jit_train_step(step, shardings, mesh), window)
