@@ -27,7 +27,7 @@ def cast_then_gather(table, ids):  # what flax's nn.Embed does with dtype=bfloat
 
 
 def gather_then_cast(table, ids):  # gpt2_jax.model.embed
-    return embed(table, ids, jnp.bfloat16)
+    return embed(table, ids, jnp.bfloat16, "vocab")
 
 
 def one_hot_matmul(table, ids):  # a dense product instead of a scatter (tensor cores)

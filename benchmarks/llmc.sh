@@ -41,10 +41,11 @@ case "${1:-}" in
     if [ "$gpus" -eq 1 ]; then
       exec ./train_gpt2cu "${flags[@]}"
     fi
-    # Several GPUs of one host without MPI: NCCL's id is exchanged through a shared directory.
+    # Several GPUs of one host without MPI: NCCL's id is exchanged through a shared directory
+    # (-pi fs -pf DIR; llm.c's usage text says -pp and -pm, but its parser reads -pf and -pi).
     rendezvous=$(mktemp -d)
     for rank in $(seq 0 $((gpus - 1))); do
-      ./train_gpt2cu "${flags[@]}" -pn "$gpus" -pr "$rank" -pi fs -pp "$rendezvous" -pg "$gpus" \
+      ./train_gpt2cu "${flags[@]}" -pn "$gpus" -pr "$rank" -pi fs -pf "$rendezvous" -pg "$gpus" \
         > "$rendezvous/rank$rank.log" 2>&1 &
     done
     wait

@@ -218,8 +218,14 @@ def _remat(block: type[nn.Module], policy_name: str) -> type[nn.Module]:
     return nn.remat(block, policy=policy, prevent_cse=False)
 
 
-def embed(table_VxD: jax.Array, ids: jax.Array, dtype) -> jax.Array:
+def embed(table_VxD: jax.Array, ids: jax.Array, dtype, vocab_axis: str | None) -> jax.Array:
     """Rows `ids` of an fp32 embedding table, cast to the compute dtype after the gather.
+
+    The lookup reads the whole table width (`vocab_axis`, None): under FSDP the table is gathered
+    first, so the backward scatters this device's tokens into a full-width gradient that is then
+    reduce-scattered, like every other weight's. Left to propagation, each device gathered the
+    whole global batch and scattered it into its half of the columns, with activation-sized
+    transposes around it (FSDP lost ~10% of its compute on two H100s).
 
     The backward of a gather is a scatter-add of one row per token into a table-sized gradient.
     Gathering from a bf16 copy of the table (what nn.Embed does) makes it a bf16 scatter-add;
@@ -228,6 +234,7 @@ def embed(table_VxD: jax.Array, ids: jax.Array, dtype) -> jax.Array:
     for bf16 on uniform tokens (benchmarks/embedding_backward.py). Gathering in fp32 also sums
     a frequent token's thousands of rows in fp32 rather than bf16.
     """
+    table_VxD = nn.with_logical_constraint(table_VxD, (vocab_axis, None))
     return jnp.take(table_VxD, ids, axis=0).astype(dtype)
 
 
@@ -356,9 +363,9 @@ class GPT(nn.Module):
             start = self.position.value
             self.position.value = start + T
         positions_T = start + jnp.arange(T)
-        x_BxTxD = embed(self.wte.embedding, tokens_BxT, self.config.dtype)
+        x_BxTxD = embed(self.wte.embedding, tokens_BxT, self.config.dtype, "vocab")
         if self.config.pos_emb == "learned":
-            x_BxTxD = x_BxTxD + embed(self.wpe.embedding, positions_T, self.config.dtype)
+            x_BxTxD = x_BxTxD + embed(self.wpe.embedding, positions_T, self.config.dtype, None)
         x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
         x_BxTxD, _ = self.h(x_BxTxD, positions_T)
         return self.ln_f(x_BxTxD)
