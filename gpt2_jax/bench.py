@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             r = measure_step(config, args.steps, args.warmup, profile_dir)
             if profile_dir and is_main:
                 print(profiling.kernel_summary(profile_dir), flush=True)
+                print(profiling.kind_summary(profile_dir), flush=True)
                 print(profiling.overlap_summary(profile_dir), flush=True)
                 overlaps = profiling.collective_overlap(profile_dir)
                 if jax.device_count() > 1 and overlaps:

@@ -47,10 +47,47 @@ def kernel_summary(trace_dir: str, top: int = 25) -> str:
         for name, (ns, count) in rows])
 
 
-def is_collective(kernel_name: str) -> bool:
+# (kind, substrings of a lower-cased kernel name), tried in order. XLA names its fusions by their
+# root op (input_add_reduce_fusion, loop_convert_fusion, wrapped_transpose); cuBLAS's Hopper GEMMs
+# are "nvjet_*", XLA's own Triton GEMMs "gemm_fusion_dot*", cuDNN's attention "*sdpa*"/"*fmha*".
+KERNEL_KINDS = (
+    ("collectives", ("nccl", "all-reduce", "all-gather", "reduce-scatter", "all-to-all")),
+    ("attention (cuDNN)", ("sdpa", "fmha", "flash", "cudnn")),
+    ("GEMMs", ("nvjet", "gemm", "cutlass", "xmma", "splitkreduce")),
+    ("transposes", ("transpose",)),
+    ("scatters", ("scatter",)),
+    ("copies and memsets", ("memcpy", "memset", "copy")),
+    ("reduce fusions", ("reduce",)),
+    ("convert fusions", ("convert",)),
+    ("other fusions", ("fusion",)),
+)
+
+
+def kernel_kind(kernel_name: str) -> str:
+    """What kind of work a kernel is, from its name (KERNEL_KINDS)."""
     name = kernel_name.lower()
-    return "nccl" in name or any(op in name for op in ("all-reduce", "all-gather",
-                                                          "reduce-scatter", "all-to-all"))
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in name for k in keys)), "other")
+
+
+def kind_summary(trace_dir: str) -> str:
+    """Kernel time by kind over all devices: where a step goes, in a few lines (compare a variant's
+    table with the baseline's to see which kind of work a change moved)."""
+    totals: dict[str, list] = {}
+    for events in device_kernels(trace_dir).values():
+        for name, _, duration in events:
+            entry = totals.setdefault(kernel_kind(name), [0, 0])
+            entry[0] += duration
+            entry[1] += 1
+    total = sum(ns for ns, _ in totals.values())
+    if not total:
+        return "no device kernels in the trace"
+    return "\n".join([f"{'ms':>9} {'share':>6} {'count':>6}  kind"] + [
+        f"{ns / 1e6:9.2f} {100 * ns / total:5.1f}% {count:6d}  {kind}"
+        for kind, (ns, count) in sorted(totals.items(), key=lambda kv: -kv[1][0])])
+
+
+def is_collective(kernel_name: str) -> bool:
+    return kernel_kind(kernel_name) == "collectives"
 
 
 def _union(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:

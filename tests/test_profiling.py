@@ -27,3 +27,22 @@ def test_a_fully_hidden_collective_is_not_exposed():
     overlap = profiling.overlap_of("/device:GPU:1", events)
     assert overlap.collective_ms == pytest.approx(6)  # 2-8 ms, the two merged
     assert overlap.exposed_ms == 0
+
+
+@pytest.mark.parametrize("name, kind", [  # kernel names from H100 profiles of the 124M/1558M step
+    ("nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_TNT", "GEMMs"),
+    ("nvjet_sm90_qrsss_320x128_128x3_1x2_h_bz_coopB_TNT", "GEMMs"),  # an FP8 GEMM
+    ("gemm_fusion_dot_526", "GEMMs"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26", "attention (cuDNN)"),
+    ("void cudnn::fusion::convert_dq_to_16bits<true>(void const*, void*)", "attention (cuDNN)"),
+    ("ncclDevKernel_AllGather_RING_LL", "collectives"),
+    ("input_add_reduce_fusion_1", "reduce fusions"),
+    ("loop_convert_multiply_fusion_43", "convert fusions"),
+    ("wrapped_transpose_49", "transposes"),
+    ("input_scatter_fusion", "scatters"),
+    ("loop_slice_fusion_4", "other fusions"),
+    ("Memset 0", "copies and memsets"),
+])
+def test_kernels_are_sorted_into_kinds_by_name(name, kind):
+    assert profiling.kernel_kind(name) == kind
+    assert profiling.is_collective(name) == (kind == "collectives")
