@@ -8,7 +8,9 @@
 # SIZE is d12 | d24 | d36 | d48 (124M ... 1558M, random init). The flags mirror our configs: no
 # recompute (-r 0), ZeRO-1, weight decay 0.1, lr 6e-4, warmup 30, no eval, sampling or HellaSwag.
 # Example, 124M at 65,536-token steps on one GPU (quote the globs: llm.c expands them itself):
-#   benchmarks/llmc.sh run ~/llm.c d12 64 65536 300 'data/debian/debian_train_*.bin' 'data/debian/debian_val_*.bin'
+#   benchmarks/llmc.sh run ~/llm.c d12 64 65536 300 'data/debian/debian_train_*.bin' 'data/debian/debian_val_*.bin' > llmc.log
+# then `python benchmarks/llmc_result.py llmc.log ...` turns the log into our bench's figures and a
+# results.jsonl row (tokens/s from the mean step time; llm.c's own tok/s column is an EMA).
 # Build notes (CUDA 13, 2026-11): cuDNN and NCCL may come from the nvidia-* Python wheels; llm.c's
 # Makefile finds cudnn-frontend only in ./cudnn-frontend/include or ~/cudnn-frontend/include, and
 # NCCL only through dpkg. reference-facts: replace the cudaMallocManaged OOM fallback in
