@@ -76,8 +76,10 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: opta
     """(state, tokens[accum, batch, T+1]) -> (state, metrics); accumulates inside one jit.
 
     The outlier guard (stability.py) decides in the same jit whether the update is applied.
-    The accumulated gradients are held in the params' layout (`grad_shardings`), so ZeRO-1's split moments do not reach back into the backward pass: left to
-    propagation, each device scattered the whole batch's embedding rows into half of the table.
+    The accumulated gradients are held in the params' layout (`grad_shardings`) inside and at
+    both ends of the micro-step loop, so ZeRO-1's split moments reach neither the backward pass
+    (each device scattered the whole batch's embedding rows into half of the table) nor the
+    loop's carry (every micro-step gathered the whole accumulator again).
     """
 
     def constrain(grads):
@@ -92,6 +94,7 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: opta
 
             zeros = constrain(jax.tree.map(jnp.zeros_like, state.params))
             grad_sum, losses_A = jax.lax.scan(micro_step, zeros, tokens_AxBxT1)
+            grad_sum = constrain(grad_sum)
         grads = jax.tree.map(lambda g: g / tokens_AxBxT1.shape[0], grad_sum)
         loss, grad_norm = jnp.mean(losses_A), optax.tree.norm(grads)
         skip, guard, guard_metrics = stability.assess(state.guard, loss, grad_norm,

@@ -19,8 +19,9 @@ from jax.sharding import PartitionSpec as P
 
 from helpers import TINY, run_steps
 from gpt2_jax import sharding
-from gpt2_jax.config import load_config
+from gpt2_jax.config import load_config, model_config
 from gpt2_jax.errors import ConfigError
+from gpt2_jax.model import GPT, param_logical_specs
 from gpt2_jax.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
 from gpt2_jax.sharding import BatchLayout
@@ -110,6 +111,18 @@ def test_zero1_shards_only_the_optimizer_state(single_device):
     assert mu.addressable_shards[0].data.shape == (2, 32 // 8, 128)
 
 
+def compiled_step_hlo(*flags) -> str:
+    """The optimized HLO of the train step of SPMD + `flags` on 2 devices."""
+    c = load_config(None, [*SPMD, *flags])
+    mesh = sharding.make_mesh(c.mesh, jax.devices()[:2])
+    layout = BatchLayout.from_config(c, mesh)
+    with jax.set_mesh(mesh):
+        training = build_training(c, mesh)
+        batch = jax.ShapeDtypeStruct((layout.accum_steps, layout.global_micro_batch, 17),
+                                     np.int32, sharding=sharding.batch_sharding(mesh))
+        return training.train_step.lower(training.abstract_state(), batch).compile().as_text()
+
+
 def test_embedding_gradients_scatter_local_tokens_into_the_whole_table():
     """ZeRO-1 and FSDP split the weights, not the batch's work: each device scatters its own
     tokens' embedding gradients into a whole (vocab, embed) table, as data parallelism does, and
@@ -118,20 +131,21 @@ def test_embedding_gradients_scatter_local_tokens_into_the_whole_table():
     backward; FSDP's table was split by columns): on two H100s both steps spent ~10% more time
     computing than data parallelism."""
     def scatters(*mesh_flags):
-        c = load_config(None, [*SPMD, *mesh_flags])
-        mesh = sharding.make_mesh(c.mesh, jax.devices()[:2])
-        layout = BatchLayout.from_config(c, mesh)
-        with jax.set_mesh(mesh):
-            training = build_training(c, mesh)
-            batch = jax.ShapeDtypeStruct((layout.accum_steps, layout.global_micro_batch, 17),
-                                         np.int32, sharding=sharding.batch_sharding(mesh))
-            hlo = training.train_step.lower(training.abstract_state(), batch).compile().as_text()
-        return sorted(re.findall(r"= f32\[([\d,]+)\]\S* scatter\(", hlo))
+        return sorted(re.findall(r"= f32\[([\d,]+)\]\S* scatter\(", compiled_step_hlo(*mesh_flags)))
 
     whole_tables = sorted(["50304,32", "32,32"])  # (vocab, embed) and (positions, embed)
     assert scatters("--config.mesh.data=2") == whole_tables
     assert scatters("--config.mesh.data=2", "--config.mesh.zero1=True") == whole_tables
     assert scatters("--config.mesh.data=1", "--config.mesh.fsdp=2") == whole_tables
+
+
+def test_zero1_gathers_the_params_once_per_step_not_per_micro_step():
+    """ZeRO-1 all-gathers each updated parameter once, after the optimizer. Left to propagation,
+    the gradient accumulator took the moments' split as the micro-step loop's carry, and every
+    micro-step gathered it whole again (2 micro-steps: twice as many all-gathers as params)."""
+    hlo = compiled_step_hlo("--config.mesh.data=2", "--config.mesh.zero1=True")  # 4 micro-steps
+    n_params = len(jax.tree.leaves(param_logical_specs(GPT(model_config(load_config(None, SPMD))))))
+    assert 0 < len(re.findall(r" all-gather(?:-start)?\(", hlo)) <= n_params
 
 
 @pytest.mark.parametrize("mesh, message", [
