@@ -223,10 +223,10 @@ def main(argv: list[str] | None = None) -> None:
                 Path(args.profile) / f"{time.strftime('%Y%m%d-%H%M%S')}-variant{len(rows)}")
             r = measure_step(config, args.steps, args.warmup, profile_dir)
             if profile_dir and is_main:
-                print(profiling.kernel_summary(profile_dir), flush=True)
-                print(profiling.kind_summary(profile_dir), flush=True)
-                print(profiling.overlap_summary(profile_dir), flush=True)
-                overlaps = profiling.collective_overlap(profile_dir)
+                kernels = profiling.device_kernels(profile_dir)
+                overlaps = profiling.collective_overlap(kernels)
+                print(profiling.time_summary(kernels), profiling.time_summary(kernels, by_kind=True),
+                      profiling.overlap_summary(overlaps), sep="\n", flush=True)
                 if jax.device_count() > 1 and overlaps:
                     r["exposed_collective_share"] = max(o.exposed_share for o in overlaps)
         if r is None or not is_main:

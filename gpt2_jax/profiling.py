@@ -1,4 +1,5 @@
-"""Reading jax.profiler traces: the busiest device kernels, and how much collective time is exposed.
+"""Reading jax.profiler traces: the busiest device kernels, kernel time by kind of work, and how
+much collective time is exposed.
 
 A trace holds, per device, the kernels each CUDA stream ran with start and duration. NCCL kernels
 (all-reduce, all-gather, reduce-scatter) run on their own streams; a collective is *exposed* for
@@ -13,7 +14,10 @@ from pathlib import Path
 import jax
 
 
-def device_kernels(trace_dir: str) -> dict[str, list[tuple[str, int, int]]]:
+Kernels = dict[str, list[tuple[str, int, int]]]  # device -> [(kernel name, start ns, duration ns)]
+
+
+def device_kernels(trace_dir: str) -> Kernels:
     """{device plane name: [(kernel name, start ns, duration ns), ...]} from every trace under
     `trace_dir` (stream lines only: the "XLA Ops" lines would count each kernel twice)."""
     kernels: dict[str, list] = {}
@@ -26,25 +30,6 @@ def device_kernels(trace_dir: str) -> dict[str, list[tuple[str, int, int]]]:
                 if line.name.startswith("Stream"):
                     events.extend((e.name, e.start_ns, e.duration_ns) for e in line.events)
     return kernels
-
-
-def kernel_summary(trace_dir: str, top: int = 25) -> str:
-    """The busiest kernels over all devices: total time, share, count, name.
-    (Which HLO instruction a kernel belongs to: dump the optimized HLO with XLA_FLAGS=--xla_dump_to.)
-    """
-    totals: dict[str, list] = {}
-    for events in device_kernels(trace_dir).values():
-        for name, _, duration in events:
-            entry = totals.setdefault(name, [0.0, 0])
-            entry[0] += duration
-            entry[1] += 1
-    if not totals:
-        return "no device kernels in the trace"
-    total = sum(ns for ns, _ in totals.values())
-    rows = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
-    return "\n".join([f"{'ms':>9} {'share':>6} {'count':>6}  kernel"] + [
-        f"{ns / 1e6:9.2f} {100 * ns / total:5.1f}% {count:6d}  {name[:110]}"
-        for name, (ns, count) in rows])
 
 
 # (kind, substrings of a lower-cased kernel name), tried in order. XLA names its fusions by their
@@ -69,21 +54,24 @@ def kernel_kind(kernel_name: str) -> str:
     return next((kind for kind, keys in KERNEL_KINDS if any(k in name for k in keys)), "other")
 
 
-def kind_summary(trace_dir: str) -> str:
-    """Kernel time by kind over all devices: where a step goes, in a few lines (compare a variant's
-    table with the baseline's to see which kind of work a change moved)."""
+def time_summary(kernels: Kernels, by_kind: bool = False, top: int = 25) -> str:
+    """Kernel time over all devices, per kernel name (the `top` busiest) or per kind of work
+    (KERNEL_KINDS: where a step goes, to compare a variant with its baseline): total, share,
+    count. (Which HLO instruction a kernel belongs to: dump the optimized HLO with
+    XLA_FLAGS=--xla_dump_to.)"""
     totals: dict[str, list] = {}
-    for events in device_kernels(trace_dir).values():
+    for events in kernels.values():
         for name, _, duration in events:
-            entry = totals.setdefault(kernel_kind(name), [0, 0])
+            entry = totals.setdefault(kernel_kind(name) if by_kind else name, [0, 0])
             entry[0] += duration
             entry[1] += 1
     total = sum(ns for ns, _ in totals.values())
     if not total:
         return "no device kernels in the trace"
-    return "\n".join([f"{'ms':>9} {'share':>6} {'count':>6}  kind"] + [
-        f"{ns / 1e6:9.2f} {100 * ns / total:5.1f}% {count:6d}  {kind}"
-        for kind, (ns, count) in sorted(totals.items(), key=lambda kv: -kv[1][0])])
+    rows = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    return "\n".join([f"{'ms':>9} {'share':>6} {'count':>6}  {'kind' if by_kind else 'kernel'}"] + [
+        f"{ns / 1e6:9.2f} {100 * ns / total:5.1f}% {count:6d}  {label[:110]}"
+        for label, (ns, count) in rows])
 
 
 def is_collective(kernel_name: str) -> bool:
@@ -135,11 +123,10 @@ class Overlap:
         return self.exposed_ms / self.span_ms if self.span_ms else 0.0
 
 
-def collective_overlap(trace_dir: str) -> list[Overlap]:
+def collective_overlap(kernels: Kernels) -> list[Overlap]:
     """Per device: how much of the traced span collectives take, and how much of that nothing
     overlaps (the number the 2-GPU target bounds at 3%)."""
-    return [overlap_of(device, events)
-            for device, events in sorted(device_kernels(trace_dir).items()) if events]
+    return [overlap_of(device, events) for device, events in sorted(kernels.items()) if events]
 
 
 def overlap_of(device: str, events: list[tuple[str, int, int]]) -> Overlap:
@@ -151,8 +138,7 @@ def overlap_of(device: str, events: list[tuple[str, int, int]]) -> Overlap:
                    _minus(collective, compute) / 1e6)
 
 
-def overlap_summary(trace_dir: str) -> str:
-    rows = collective_overlap(trace_dir)
+def overlap_summary(rows: list[Overlap]) -> str:
     if not rows:
         return "no device kernels in the trace"
     return "\n".join([f"{'device':<22} {'span ms':>9} {'compute':>9} {'collect.':>9} "

@@ -46,3 +46,13 @@ def test_a_fully_hidden_collective_is_not_exposed():
 def test_kernels_are_sorted_into_kinds_by_name(name, kind):
     assert profiling.kernel_kind(name) == kind
     assert profiling.is_collective(name) == (kind == "collectives")
+
+
+def test_time_summary_totals_kernels_by_name_or_by_kind():
+    kernels = {"/device:GPU:0": [("nvjet_a", 0, 6 * MS), ("loop_convert_fusion", 6 * MS, 2 * MS)],
+               "/device:GPU:1": [("nvjet_a", 0, 6 * MS), ("nvjet_b", 6 * MS, 6 * MS)]}
+    by_name = profiling.time_summary(kernels).splitlines()
+    assert by_name[1].split() == ["12.00", "60.0%", "2", "nvjet_a"]
+    by_kind = profiling.time_summary(kernels, by_kind=True).splitlines()
+    assert by_kind[1].split() == ["18.00", "90.0%", "3", "GEMMs"]
+    assert by_kind[2].split() == ["2.00", "10.0%", "1", "convert", "fusions"]
