@@ -18,6 +18,8 @@ import json
 import re
 from pathlib import Path
 
+from gpt2_jax.bench import timed_windows
+
 STEP = re.compile(r"step\s+(\d+)/\d+ \|.*\| ([\d.]+) ms \| ([\d.]+)% bf16 MFU")
 MEMORY = re.compile(r"device memory usage: (\d+) MiB")
 
@@ -32,25 +34,16 @@ def step_lines(lines: list[str]) -> dict[int, tuple[float, float]]:
     return steps
 
 
-def windows(step_ms: dict[int, float], tokens_per_step: int, warmup: int,
-            window: int) -> list[tuple[int, int, float]]:
-    """(first step, last step, tokens/s) for each whole `window` of steps after `warmup`."""
-    last = max(step_ms)
-    return [(first, first + window - 1,
-             tokens_per_step * window * 1000 / sum(step_ms[s] for s in range(first, first + window)))
-            for first in range(warmup + 1, last - window + 2, window)]
-
-
 def result(lines: list[str], tokens_per_step: int, warmup: int, window: int) -> dict:
     steps = step_lines(lines)
     if len(steps) <= warmup:
         raise SystemExit(f"llm.c logged {len(steps)} steps, not more than --warmup {warmup}")
     timed = [s for s in sorted(steps) if s > warmup]
-    mean_ms = sum(steps[s][0] for s in timed) / len(timed)
-    parts = windows({s: ms for s, (ms, _) in steps.items()}, tokens_per_step, warmup, window)
+    tokens_per_sec, parts = timed_windows({s: ms / 1000 for s, (ms, _) in steps.items()},
+                                          tokens_per_step, warmup, window)
     memory = [int(m.group(1)) for m in map(MEMORY.search, lines) if m]
     return {"steps": max(steps), "tokens_per_step": tokens_per_step,
-            "tokens_per_sec": round(tokens_per_step * 1000 / mean_ms),
+            "tokens_per_sec": round(tokens_per_sec),
             "tokens_per_sec_last": round(parts[-1][2]) if parts else None,
             "mfu": round(sum(steps[s][1] for s in timed) / len(timed), 4),
             "peak_memory_gib": round(memory[-1] / 1024, 2) if memory else None,

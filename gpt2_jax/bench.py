@@ -112,16 +112,23 @@ def measure_loop(c, steps: int, warmup: int, window: int) -> dict | None:
     tokens = c.train.total_batch_size
     seconds_at = {row["step"]: tokens * (row["step"] - before["step"]) / row["tokens_per_sec"]
                   for before, row in zip(rows, rows[1:])}
-    windows = []
-    for start in range(warmup, steps, window):
-        span = [seconds_at[s] for s in seconds_at if start < s <= start + window]
-        windows.append((start + 1, start + window, tokens * window / sum(span)))
-    timed = sum(t for s, t in seconds_at.items() if s > warmup)
-    return _figures(c, model_config(c), result.params,
-                    tokens_per_sec=tokens * (steps - warmup) / timed,
+    tokens_per_sec, windows = timed_windows(seconds_at, tokens, warmup, window)
+    return _figures(c, model_config(c), result.params, tokens_per_sec=tokens_per_sec,
                     tokens_per_sec_last=windows[-1][2], peak_memory_gib=result.peak_memory_gib,
                     compile_s=result.compile_seconds, loss=result.final_loss,
                     data=c.data.source, windows=windows)
+
+
+def timed_windows(seconds_at: dict[int, float], tokens_per_step: int, warmup: int,
+                  window: int) -> tuple[float, list[tuple[int, int, float]]]:
+    """Tokens/s after `warmup` steps, and (first, last, tokens/s) of each whole `window` from
+    there, from the seconds logged at steps (each the time since the previous logged step)."""
+    last = max(seconds_at)
+    timed = sum(t for s, t in seconds_at.items() if s > warmup)
+    windows = [(start + 1, start + window, tokens_per_step * window /
+                sum(t for s, t in seconds_at.items() if start < s <= start + window))
+               for start in range(warmup, last - window + 1, window)]
+    return tokens_per_step * (last - warmup) / timed, windows
 
 
 def _figures(c, gpt_config, n_params: int, **figures) -> dict:
