@@ -63,9 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="shards")
     parser.add_argument("--jsonl", default="", help="append the row here")
     args = parser.parse_args(argv)
+    log = Path(args.log)
+    if not log.is_file():
+        raise SystemExit(f"no llm.c log at {log}: redirect `benchmarks/llmc.sh run ...` into it")
     row = {"date": str(datetime.date.today()), "gpu": args.gpu, "jax": None, "config": args.config,
            "overrides": [], "data": args.data,
-           **result(Path(args.log).read_text().splitlines(), args.tokens_per_step, args.warmup,
+           **result(log.read_text().splitlines(), args.tokens_per_step, args.warmup,
                     args.window),
            "compile_s": None, "run_id": args.run_id, "command": args.command, "mode": "llm.c"}
     print(f"{args.gpu} | {args.config} | {row['tokens_per_sec']:,} tok/s after step "

@@ -40,3 +40,8 @@ def test_tokens_per_second_is_tokens_over_the_mean_step_time_after_warmup(tmp_pa
 def test_a_log_with_no_steps_after_the_warmup_is_refused():
     with pytest.raises(SystemExit, match="not more than --warmup 12"):
         llmc_result.result(LOG.read_text().splitlines(), 65536, warmup=12, window=5)
+
+
+def test_a_missing_log_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="no llm.c log at .*absent.log"):
+        llmc_result.main([str(tmp_path / "absent.log"), "--tokens_per_step", "65536", "--gpu", "x"])
