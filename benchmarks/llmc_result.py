@@ -20,17 +20,19 @@ from pathlib import Path
 
 from gpt2_jax.bench import timed_windows
 
-STEP = re.compile(r"step\s+(\d+)/\d+ \|.*\| ([\d.]+) ms \| ([\d.]+)% bf16 MFU")
+# llm.c prints -100% MFU on a GPU it has no peak figure for (H200): that MFU is unknown.
+STEP = re.compile(r"step\s+(\d+)/\d+ \|.*\| ([\d.]+) ms \| (-?[\d.]+)% bf16 MFU")
 MEMORY = re.compile(r"device memory usage: (\d+) MiB")
 
 
-def step_lines(lines: list[str]) -> dict[int, tuple[float, float]]:
-    """{step: (ms, MFU fraction)} from llm.c's step lines."""
+def step_lines(lines: list[str]) -> dict[int, tuple[float, float | None]]:
+    """{step: (ms, MFU fraction, None where llm.c does not know the GPU)} from llm.c's step lines."""
     steps = {}
     for line in lines:
         m = STEP.match(line)
         if m:
-            steps[int(m.group(1))] = (float(m.group(2)), float(m.group(3)) / 100)
+            mfu = float(m.group(3)) / 100
+            steps[int(m.group(1))] = (float(m.group(2)), mfu if mfu >= 0 else None)
     return steps
 
 
@@ -42,10 +44,11 @@ def result(lines: list[str], tokens_per_step: int, warmup: int, window: int) -> 
     tokens_per_sec, parts = timed_windows({s: ms / 1000 for s, (ms, _) in steps.items()},
                                           tokens_per_step, warmup, window)
     memory = [int(m.group(1)) for m in map(MEMORY.search, lines) if m]
+    mfus = [steps[s][1] for s in timed]
     return {"steps": max(steps), "tokens_per_step": tokens_per_step,
             "tokens_per_sec": round(tokens_per_sec),
             "tokens_per_sec_last": round(parts[-1][2]) if parts else None,
-            "mfu": round(sum(steps[s][1] for s in timed) / len(timed), 4),
+            "mfu": None if None in mfus else round(sum(mfus) / len(mfus), 4),
             "peak_memory_gib": round(memory[-1] / 1024, 2) if memory else None,
             "windows": [[a, b, round(v)] for a, b, v in parts]}
 
@@ -71,8 +74,9 @@ def main(argv: list[str] | None = None) -> None:
            **result(log.read_text().splitlines(), args.tokens_per_step, args.warmup,
                     args.window),
            "compile_s": None, "run_id": args.run_id, "command": args.command, "mode": "llm.c"}
+    mfu = "unknown" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
     print(f"{args.gpu} | {args.config} | {row['tokens_per_sec']:,} tok/s after step "
-          f"{args.warmup} | MFU {100 * row['mfu']:.1f}% | windows {row['windows']}")
+          f"{args.warmup} | MFU {mfu} | windows {row['windows']}")
     if args.jsonl:
         with open(args.jsonl, "a") as out:
             out.write(json.dumps(row) + "\n")

@@ -45,3 +45,13 @@ def test_a_log_with_no_steps_after_the_warmup_is_refused():
 def test_a_missing_log_is_named(tmp_path):
     with pytest.raises(SystemExit, match="no llm.c log at .*absent.log"):
         llmc_result.main([str(tmp_path / "absent.log"), "--tokens_per_step", "65536", "--gpu", "x"])
+
+
+def test_an_mfu_llmc_cannot_know_is_unknown_not_negative():
+    # llm.c has no peak figure for an H200 and prints -100% (run o); the time still counts.
+    line = ("step   28/30 | loss 6.625693 (+nanz)| norm 2.4436 (+nanz)| lr 5.60e-04 | 606.33 ms | "
+            "-100.0% bf16 MFU | 216394 tok/s")
+    assert llmc_result.step_lines([line]) == {28: (606.33, None)}
+    lines = [line.replace("step   28", f"step   {s:2d}") for s in range(1, 5)]
+    row = llmc_result.result(lines, 131072, warmup=1, window=3)
+    assert row["mfu"] is None and row["tokens_per_sec"] == round(131072 * 1000 / 606.33)
