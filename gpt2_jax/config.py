@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = "none"  # activation recomputation: none | full | a jax.checkpoint_policies name
     #   (acts between layer-loop iterations: needs model.scan_unroll <= model.n_layer / 2)
     c.model.logits_dtype = "float32"  # storage of the loss's logits: float32 | bfloat16 (softmax in fp32)
+    # The loss after the LM head: auto (pallas on a single GPU, else xla) | pallas (llm.c's fused
+    # classifier as a Pallas kernel, fused_classifier.py; one device, no softcap) | xla
+    c.model.loss_kernel = "auto"
     c.model.scan_unroll = 1  # layers per iteration of the compiled layer loop (n_layer = unrolled)
     c.model.fp8 = False  # FP8 (e4m3/e5m2, current scaling) for the blocks' matmuls; Hopper+ GPUs
     # The modern recipe (configs/modern_124m.py turns it on); the defaults are exact GPT-2.
@@ -182,6 +185,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"model.attention must be auto, cudnn or xla, not {m.attention!r}")
     _check(m.logits_dtype in ("float32", "bfloat16"),
            f"model.logits_dtype must be float32 or bfloat16, not {m.logits_dtype!r}")
+    _check(m.loss_kernel in ("auto", "pallas", "xla"),
+           f"model.loss_kernel must be auto, pallas or xla, not {m.loss_kernel!r}")
+    _check(m.loss_kernel != "pallas" or m.logit_softcap == 0,
+           "model.loss_kernel=pallas has no logit softcap: set model.logit_softcap=0 or "
+           "model.loss_kernel=xla")
     _check(1 <= m.scan_unroll <= m.n_layer,
            f"model.scan_unroll ({m.scan_unroll}) must be in 1..model.n_layer ({m.n_layer})")
     _check(m.remat in REMAT_CHOICES, f"model.remat must be one of {REMAT_CHOICES}, not {m.remat!r}")
@@ -265,10 +273,15 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None) -> GP
     attention = m.attention
     if attention == "auto":
         attention = "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
+    loss_kernel = m.loss_kernel
+    if loss_kernel == "auto":  # the kernel has no partitioning rule: one device only
+        loss_kernel = ("pallas" if backend == "gpu" and not m.logit_softcap
+                       and jax.device_count() == 1 else "xla")
     return GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
                      vocab_size=m.vocab_size, real_vocab_size=VOCAB_SIZE,
                      block_size=m.block_size, dtype=dtype,
                      attention=attention, remat=m.remat, logits_dtype=m.logits_dtype,
+                     loss_kernel=loss_kernel,
                      scan_unroll=m.scan_unroll, pos_emb=m.pos_emb, norm=m.norm,
                      qk_norm=m.qk_norm, mlp_act=m.mlp_act, tie_embeddings=m.tie_embeddings,
                      logit_softcap=m.logit_softcap, fp8=m.fp8)

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt2_jax import fused_classifier
 from gpt2_jax.fp8 import matmul as fp8_matmul
 
 # Names of `model.remat`: "none" stores every activation, "full" recomputes the whole block in the
@@ -38,6 +39,7 @@ class GPTConfig:
     attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
     remat: str = "none"  # one of REMAT_CHOICES
     logits_dtype: str = "float32"  # dtype the loss's logits are stored in; softmax is always fp32
+    loss_kernel: str = "xla"  # the loss after the LM head: "xla" fusions or "pallas" (one device)
     scan_unroll: int = 1  # layers per iteration of the layer loop (n_layer = fully unrolled)
     # The modern recipe's switches (modded-nanogpt); the defaults are exact GPT-2.
     pos_emb: str = "learned"  # learned (wpe) | rope (rotary q and k, no wpe)
@@ -296,16 +298,21 @@ summed_softmax_cross_entropy.defvjp(_xent_forward, _xent_backward)
 
 def cross_entropy(h_NxD: jax.Array, wte_VxD: jax.Array, targets_N: jax.Array,
                   real_vocab_size: int, chunk_size: int = 0,
-                  logits_dtype=jnp.float32, softcap: float = 0.0) -> jax.Array:
+                  logits_dtype=jnp.float32, softcap: float = 0.0,
+                  kernel: str = "xla") -> jax.Array:
     """Mean next-token cross-entropy over the real vocabulary, softmax computed in float32.
 
     The logits are stored in `logits_dtype` (bfloat16 halves their memory traffic, as in llm.c's
     fused classifier). With `chunk_size` > 0 they exist only `chunk_size` tokens at a time, in the
     forward and (through rematerialization) the backward pass: 64x1024 tokens of float32 logits
-    would be 13 GB.
+    would be 13 GB. `kernel="pallas"` computes the loss and d(logits) in one Pallas kernel
+    (fused_classifier.py; no softcap).
     """
 
     def summed_loss(h_CxD, targets_C):
+        if kernel == "pallas":
+            return fused_classifier.summed_loss(h_CxD, wte_VxD, targets_C, real_vocab_size,
+                                                logits_dtype)
         logits_CxV = lm_head_logits(h_CxD, wte_VxD, logits_dtype, softcap=softcap)
         return summed_softmax_cross_entropy(logits_CxV, targets_C, real_vocab_size)
 
@@ -387,7 +394,8 @@ class GPT(nn.Module):
         h_BxTxD = self.hidden_states(tokens_BxT)
         return cross_entropy(h_BxTxD.reshape(-1, self.config.n_embd), self.head_table(),
                              targets_BxT.reshape(-1), self.config.real_vocab_size, chunk_size,
-                             self.config.logits_dtype, self.config.logit_softcap)
+                             self.config.logits_dtype, self.config.logit_softcap,
+                             self.config.loss_kernel)
 
 
 def next_token_loss(model: GPT, params: Any, tokens_BxT1: jax.Array,
