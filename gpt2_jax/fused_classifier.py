@@ -10,7 +10,7 @@ GEMMs bf16: at 350M, with micro-steps accumulating, XLA's autodiff had run them 
 (gone with the Pallas kernel; the XLA version of this VJP is not yet timed on a GPU).
 
 On one H100 (BENCHMARKS.md, run q) the Pallas kernel takes 8.0 ms of a 124M step where XLA's
-passes took 10.2, and the step is 2.0-2.3% faster at 124M, 11.5% at 350M, unchanged at 1558M,
+passes took 10.2, and the step is 1.8-2.3% faster at 124M, 11.5% at 350M, unchanged at 1558M,
 with 5 GiB less memory at 124M. It has no SPMD partitioning rule, so `model.loss_kernel=auto`
 uses it on one device only; the XLA version partitions like any other op. Off GPU the kernel runs
 in Pallas' interpreter (tests compare both with the plain formula).
