@@ -1,19 +1,17 @@
-"""The LM head and its loss as one custom VJP, the way llm.c's fused classifier works.
+"""The LM head's loss as llm.c's fused classifier: one Pallas (Triton) kernel per row of logits.
 
-The forward computes the logits, their log-sum-exp and target logit, and d(loss)/d(logits) =
-softmax - onehot at once; the backward is then only the head's two GEMMs, with the upstream
-gradient applied to their small outputs. Autodiff of the plain formula makes ~6 passes over the
-(tokens x 50304) logits; this makes three with XLA's fusions (max, exp-sum, the gradient), and
-with `kernel="pallas"` one Triton kernel per row that reads it for an online max and exp-sum and
-then overwrites it in place with the gradient. Writing the backward by hand also keeps the head's
-GEMMs bf16: at 350M, with micro-steps accumulating, XLA's autodiff had run them in fp32/tf32
-(gone with the Pallas kernel; the XLA version of this VJP is not yet timed on a GPU).
+XLA's version of the loss makes three passes over the (tokens x 50304) logits, two reductions in
+the forward (max, then exp-sum) and one elementwise pass in the backward that reads the logits
+again and writes d(logits). Here the forward's kernel reads each row once for an online max and
+exp-sum, then again to overwrite it in place with softmax - onehot, and the backward only runs the
+two GEMMs, with the upstream gradient applied to their small outputs. That also keeps them bf16
+GEMMs: at 350M, with micro-steps accumulating, XLA had run the head's backward GEMMs in fp32/tf32.
 
-On one H100 (BENCHMARKS.md, run q) the Pallas kernel takes 8.0 ms of a 124M step where XLA's
-passes took 10.2, and the step is 1.8-2.3% faster at 124M, 11.5% at 350M, unchanged at 1558M,
-with 5 GiB less memory at 124M. It has no SPMD partitioning rule, so `model.loss_kernel=auto`
-uses it on one device only; the XLA version partitions like any other op. Off GPU the kernel runs
-in Pallas' interpreter (tests compare both with the plain formula).
+On one H100 (BENCHMARKS.md, run q) the kernel takes 8.0 ms of a 124M step where XLA's passes
+took 10.2, and the step is 1.8-2.3% faster at 124M, 11.5% at 350M, unchanged at 1558M, with
+5 GiB less memory at 124M. It has no SPMD partitioning rule, so `model.loss_kernel=auto` uses it
+on one device only. Off GPU it runs in Pallas' interpreter (tests compare it with the plain
+formula).
 """
 
 from __future__ import annotations
@@ -90,52 +88,25 @@ def softmax_gradient(logits_NxV: jax.Array, targets_N: jax.Array, real_vocab_siz
     )(logits_NxV, targets_N.astype(jnp.int32))
 
 
-def xla_softmax_gradient(logits_NxV: jax.Array, targets_N: jax.Array, real_vocab_size: int,
-                         softcap: float = 0.0):
-    """softmax_gradient's three results from XLA fusions, with an optional softcap (logits
-    c * tanh(logits / c), whose derivative the gradient includes)."""
-    z_NxV = logits_NxV.astype(jnp.float32)
-    if softcap > 0:
-        tanh_NxV = jnp.tanh(z_NxV / softcap)
-        z_NxV = softcap * tanh_NxV
-    real_V = jnp.arange(logits_NxV.shape[-1]) < real_vocab_size
-    max_N = jnp.max(jnp.where(real_V, z_NxV, -jnp.inf), axis=-1)
-    lse_N = max_N + jnp.log(jnp.sum(jnp.where(real_V, jnp.exp(z_NxV - max_N[:, None]), 0.0),
-                                    axis=-1))
-    target_logit_N = jnp.take_along_axis(z_NxV, targets_N[:, None], axis=-1)[:, 0]
-    onehot_NxV = jnp.arange(logits_NxV.shape[-1]) == targets_N[:, None]
-    d_NxV = jnp.where(real_V, jnp.exp(z_NxV - lse_N[:, None]), 0.0) - onehot_NxV
-    if softcap > 0:
-        d_NxV = d_NxV * (1.0 - tanh_NxV * tanh_NxV)
-    return d_NxV.astype(logits_NxV.dtype), lse_N, target_logit_N
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def summed_loss(h_NxD: jax.Array, w_VxD: jax.Array, targets_N: jax.Array,
+                real_vocab_size: int, logits_dtype) -> jax.Array:
+    """sum_n logsumexp(h[n] . w[:real_vocab_size]) - h[n] . w[target[n]], in fp32, with logits
+    stored in `logits_dtype` from h's-dtype operands (w is cast to it; its gradient comes back
+    in w's own dtype)."""
+    return _forward(h_NxD, w_VxD, targets_N, real_vocab_size, logits_dtype)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def summed_loss(h_NxD: jax.Array, w_VxD: jax.Array, targets_N: jax.Array, real_vocab_size: int,
-                logits_dtype, kernel: str = "xla", softcap: float = 0.0) -> jax.Array:
-    """sum_n logsumexp(z[n, :real_vocab_size]) - z[n, target[n]] for the logits z = h . w^T
-    (softcapped if `softcap` > 0), in fp32, the logits stored in `logits_dtype` from h's-dtype
-    operands (w is cast to it; its gradient comes back in w's own dtype). `kernel`: "pallas"
-    (no softcap) or "xla"."""
-    return _forward(h_NxD, w_VxD, targets_N, real_vocab_size, logits_dtype, kernel, softcap)[0]
-
-
-def _forward(h_NxD, w_VxD, targets_N, real_vocab_size, logits_dtype, kernel, softcap):
+def _forward(h_NxD, w_VxD, targets_N, real_vocab_size, logits_dtype):
     w_cast_VxD = w_VxD.astype(h_NxD.dtype)
     logits_NxV = jnp.dot(h_NxD, w_cast_VxD.T, preferred_element_type=logits_dtype)
-    if kernel == "pallas":
-        if softcap > 0:
-            raise ValueError("the Pallas loss kernel has no logit softcap")
-        d_logits_NxV, lse_N, target_logit_N = softmax_gradient(logits_NxV, targets_N,
-                                                               real_vocab_size)
-    else:
-        d_logits_NxV, lse_N, target_logit_N = xla_softmax_gradient(logits_NxV, targets_N,
-                                                                   real_vocab_size, softcap)
+    d_logits_NxV, lse_N, target_logit_N = softmax_gradient(logits_NxV, targets_N,
+                                                           real_vocab_size)
     return (jnp.sum(lse_N - target_logit_N),
             (h_NxD, w_cast_VxD, d_logits_NxV, jnp.zeros((), w_VxD.dtype)))
 
 
-def _backward(real_vocab_size, logits_dtype, kernel, softcap, residuals, g):
+def _backward(real_vocab_size, logits_dtype, residuals, g):
     h_NxD, w_VxD, d_logits_NxV, w_like = residuals
     d_logits_NxV = d_logits_NxV.astype(h_NxD.dtype)
     d_h_NxD = jnp.dot(d_logits_NxV, w_VxD, preferred_element_type=jnp.float32) * g

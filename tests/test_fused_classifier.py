@@ -1,6 +1,5 @@
-"""The fused classifier (fused_classifier.py: the head and loss as one custom VJP, its softmax
-gradient from XLA or from a Pallas kernel, run by Pallas' interpreter on CPU) against the plain
-formula, inside the model, and the config rules that say where the kernel runs."""
+"""The Pallas fused classifier (fused_classifier.py, run by Pallas' interpreter on CPU) against
+the plain formula, inside the model, and the config rules that say where it runs."""
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +33,10 @@ def reference(h, w, targets):
                    - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0])
 
 
-@pytest.mark.parametrize("kernel", ["xla", "pallas"])
-def test_float32_loss_and_gradients_equal_the_plain_formula(kernel):
+def test_float32_loss_and_gradients_equal_the_plain_formula():
     h, w, targets = inputs()
     loss, grads = jax.jit(jax.value_and_grad(
-        lambda h, w: fused_classifier.summed_loss(h, w, targets, VOCAB_SIZE, jnp.float32, kernel),
+        lambda h, w: fused_classifier.summed_loss(h, w, targets, VOCAB_SIZE, jnp.float32),
         argnums=(0, 1)))(h, w)
     ref_loss, ref_grads = jax.value_and_grad(reference, argnums=(0, 1))(h, w, targets)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
@@ -54,7 +52,7 @@ def test_bfloat16_logits_stay_within_bf16_rounding_of_the_float32_reference():
     h, w, targets = inputs(1)
     loss, (g_h, g_w) = jax.jit(jax.value_and_grad(
         lambda h, w: fused_classifier.summed_loss(h.astype(jnp.bfloat16), w, targets,
-                                                  VOCAB_SIZE, jnp.bfloat16, "pallas"),
+                                                  VOCAB_SIZE, jnp.bfloat16),
         argnums=(0, 1)))(h, w)
     ref_loss, (r_h, r_w) = jax.value_and_grad(reference, argnums=(0, 1))(h, w, targets)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-3)
@@ -64,36 +62,16 @@ def test_bfloat16_logits_stay_within_bf16_rounding_of_the_float32_reference():
         assert np.max(np.abs(got - want)) <= 0.02 * np.max(np.abs(want))
 
 
-@pytest.mark.parametrize("softmax_gradient", [fused_classifier.softmax_gradient,
-                                              fused_classifier.xla_softmax_gradient])
-def test_softmax_gradient_is_softmax_minus_onehot_with_zero_padding(softmax_gradient):
+def test_the_kernel_writes_softmax_minus_onehot_with_zero_padding():
     h, w, targets = inputs(2)
     logits = h @ w.T
-    d_logits, lse, target_logit = softmax_gradient(logits, targets, VOCAB_SIZE)
+    d_logits, lse, target_logit = fused_classifier.softmax_gradient(logits, targets, VOCAB_SIZE)
     real = logits[:, :VOCAB_SIZE]
     np.testing.assert_allclose(lse, jax.nn.logsumexp(real, axis=-1), rtol=1e-6)
     np.testing.assert_allclose(target_logit, real[jnp.arange(N), targets], rtol=1e-6)
     want = jax.nn.softmax(real, axis=-1) - jax.nn.one_hot(targets, VOCAB_SIZE)
     np.testing.assert_allclose(d_logits[:, :VOCAB_SIZE], want, atol=1e-7)
     assert not np.any(np.asarray(d_logits)[:, VOCAB_SIZE:])
-
-
-def test_a_softcapped_loss_has_the_gradient_of_the_plain_formula():
-    h, w, targets = inputs(5)
-    cap = 3.0
-
-    def plain(h, w):
-        logits = (cap * jnp.tanh((h @ w.T) / cap))[:, :VOCAB_SIZE]
-        return jnp.sum(jax.nn.logsumexp(logits, axis=-1)
-                       - jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0])
-
-    loss, grads = jax.value_and_grad(
-        lambda h, w: fused_classifier.summed_loss(h, w, targets, VOCAB_SIZE, jnp.float32,
-                                                  "xla", cap), argnums=(0, 1))(h, w)
-    ref_loss, ref_grads = jax.value_and_grad(plain, argnums=(0, 1))(h, w)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-    for got, want in zip(grads, ref_grads):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_chunked_pallas_loss_equals_the_xla_loss():
