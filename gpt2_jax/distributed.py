@@ -7,6 +7,8 @@ import os
 
 import jax
 
+from gpt2_jax.errors import UserError
+
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, local_device_ids: str | None = None) -> None:
@@ -18,7 +20,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     visible to it, so NCCL can still reach the others' GPUs directly (CUDA_VISIBLE_DEVICES would
     hide them).
     """
-    ids = [int(i) for i in local_device_ids.split(",")] if local_device_ids else None
+    ids = None
+    if local_device_ids:
+        try:
+            ids = [int(i) for i in local_device_ids.split(",")]
+        except ValueError:
+            raise UserError(f"--local_device_ids must be GPU numbers separated by commas, like 0 "
+                            f"or 0,1, not {local_device_ids!r}") from None
     if coordinator_address:
         jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                    local_device_ids=ids)

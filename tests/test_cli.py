@@ -42,3 +42,11 @@ def test_missing_shards_name_the_pattern(tmp_path):
                        "--config.data.train_files=nowhere/*.bin", "--config.train.max_steps=1")
     assert result.returncode != 0
     assert "no shard files match 'nowhere/*.bin'" in result.stderr
+
+
+def test_malformed_local_device_ids_are_named_before_anything_starts():
+    from gpt2_jax.distributed import initialize
+    from gpt2_jax.errors import UserError
+
+    with pytest.raises(UserError, match="--local_device_ids must be GPU numbers .* not '0,one'"):
+        initialize("localhost:1234", 2, 0, "0,one")
