@@ -12,8 +12,9 @@ def get_config():
     c.model.n_layer = 48
     c.model.n_head = 25
     c.model.n_embd = 1600
-    # No recomputation: fully unrolled (below), XLA keeps what it needs (72 GiB at 16 x 1024)
-    # whatever the policy; for less memory, scan_unroll=24 with a remat policy (BENCHMARKS.md).
+    # No recomputation: 72.5 GiB at 16 x 1024 fits an 80 GB card and is fastest. For less memory:
+    # dots_with_no_batch_dims_saveable 52.0 GiB at -8%, full 33.8 GiB at -20% (one H100,
+    # BENCHMARKS.md "Remat that acts when the loop is unrolled").
     c.model.remat = "none"
     # bf16 logits (softmax still fp32), as llm.c's classifier: +18% tok/s at 124M, +3% at 1558M
     # on one H100 (BENCHMARKS.md).

@@ -38,7 +38,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | bfloat16 | float32
     c.model.attention = "auto"  # auto (cudnn on GPU with bf16, else xla) | cudnn | xla
     c.model.remat = "none"  # activation recomputation: none | full | a jax.checkpoint_policies name
-    #   (acts between layer-loop iterations: needs model.scan_unroll <= model.n_layer / 2)
     c.model.logits_dtype = "float32"  # storage of the loss's logits: float32 | bfloat16 (softmax in fp32)
     # The loss after the LM head: auto (pallas on a single GPU, else xla) | pallas (llm.c's fused
     # classifier as a Pallas kernel, fused_classifier.py; one device, no softcap) | xla
@@ -193,11 +192,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(1 <= m.scan_unroll <= m.n_layer,
            f"model.scan_unroll ({m.scan_unroll}) must be in 1..model.n_layer ({m.n_layer})")
     _check(m.remat in REMAT_CHOICES, f"model.remat must be one of {REMAT_CHOICES}, not {m.remat!r}")
-    _check(m.remat == "none" or m.n_layer // m.scan_unroll >= 2,
-           f"model.remat={m.remat} needs the layer loop to run at least twice: with "
-           f"model.scan_unroll ({m.scan_unroll}) = model.n_layer ({m.n_layer}) the loop is fully "
-           "unrolled and XLA keeps every activation anyway. Set model.remat=none, or "
-           f"model.scan_unroll <= {max(1, m.n_layer // 2)} to recompute (slower; BENCHMARKS.md)")
     _check(m.pos_emb in ("learned", "rope"),
            f"model.pos_emb must be learned or rope, not {m.pos_emb!r}")
     _check(m.pos_emb != "rope" or (m.n_embd // m.n_head) % 2 == 0,

@@ -62,15 +62,6 @@ def test_invalid_values_name_the_key(override, key):
         load_config(None, [override])
 
 
-def test_remat_on_a_fully_unrolled_layer_loop_is_rejected():
-    """A remat policy only acts between loop iterations; unrolled, it would silently do nothing."""
-    with pytest.raises(ConfigError, match=r"model\.remat=full.*model\.scan_unroll <= 6"):
-        load_config("configs/gpt2_124m.py", ["--config.model.remat=full"])
-    config = load_config("configs/gpt2_124m.py", ["--config.model.remat=full",
-                                                  "--config.model.scan_unroll=6"])
-    assert config.model.remat == "full"
-
-
 def test_auto_dtype_and_attention_follow_the_backend():
     c = load_config(str(CONFIGS / "gpt2_124m.py"))
     cpu, gpu = model_config(c, backend="cpu"), model_config(c, backend="gpu")

@@ -128,6 +128,25 @@ def test_remat_and_unrolling_do_not_change_loss_or_gradients(variant):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g1, g2)
 
 
+@pytest.mark.parametrize("scan_unroll", [1, 2])
+def test_a_remat_policy_recomputes_even_when_the_layer_loop_is_unrolled(scan_unroll):
+    """dots_with_no_batch_dims_saveable saves the weight matmuls and recomputes GELU (its tanh)
+    in the backward pass. Unrolled, XLA merged that recomputation with the forward pass (common
+    subexpressions) and stored every activation, until remat kept the two apart: the compiled
+    step must hold each block's tanh twice."""
+    tokens = jnp.zeros((2, 17), jnp.int32)
+
+    def tanhs_in_compiled_step(remat):
+        model, params = tiny_model(remat=remat, scan_unroll=scan_unroll)
+        grad = jax.jit(jax.grad(lambda p: apply(model, {"params": p}, tokens[:, :-1],
+                                                  tokens[:, 1:], method=GPT.loss)))
+        return grad.lower(params).compile().as_text().count(" tanh(")
+
+    layers_in_loop_body = scan_unroll  # the tiny model has 2 layers: 1 or 2 iterations
+    assert tanhs_in_compiled_step("none") == layers_in_loop_body
+    assert tanhs_in_compiled_step("dots_with_no_batch_dims_saveable") == 2 * layers_in_loop_body
+
+
 def test_params_do_not_depend_on_unrolling():
     """init_params compiles a rolled loop whatever scan_unroll says: the values must be those
     the unrolled model's own init gives."""
