@@ -249,7 +249,10 @@ def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
         for candidate in available if step is None else [step]:
             try:
                 config = ml_collections.ConfigDict(checkpoints.saved_config(candidate))
-                model = GPT(model_config(config))
+                # The loss kernel is the run's speed choice, not part of its weights: chosen
+                # again for this mesh (and absent from checkpoints older than the key).
+                config.model.loss_kernel = "auto"
+                model = GPT(model_config(config, devices=mesh.size))
                 shardings = sharding.logical_sharding(param_logical_specs(model), mesh)
                 params = restore_params(directory, candidate, abstract_params(model, shardings))
                 return Trained(model, params, config, candidate, mesh)

@@ -259,18 +259,25 @@ def check_tensor_parallelism(c: ml_collections.ConfigDict, tensor: int) -> None:
                                    "tensor parallelism splits it across devices")
 
 
-def model_config(c: ml_collections.ConfigDict, backend: str | None = None) -> GPTConfig:
-    """The model's static config, with "auto" choices resolved for the backend in use."""
+def model_config(c: ml_collections.ConfigDict, backend: str | None = None,
+                 devices: int | None = None) -> GPTConfig:
+    """The model's static config, with "auto" choices resolved for the backend in use and the
+    number of devices the model is sharded over (default: all of them)."""
     backend = backend or jax.default_backend()
+    devices = devices or jax.device_count()
     m = c.model
     dtype = m.dtype if m.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
     attention = m.attention
     if attention == "auto":
         attention = "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
+    # The Pallas loss kernel has no partitioning rule: one device only.
     loss_kernel = m.loss_kernel
-    if loss_kernel == "auto":  # the kernel has no partitioning rule: one device only
-        loss_kernel = ("pallas" if backend == "gpu" and not m.logit_softcap
-                       and jax.device_count() == 1 else "xla")
+    if loss_kernel == "auto":
+        loss_kernel = ("pallas" if backend == "gpu" and not m.logit_softcap and devices == 1
+                       else "xla")
+    _check(loss_kernel != "pallas" or devices == 1,
+           f"model.loss_kernel=pallas runs on one device (its kernel has no partitioning rule), "
+           f"and this mesh has {devices}: use auto or xla")
     return GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
                      vocab_size=m.vocab_size, real_vocab_size=VOCAB_SIZE,
                      block_size=m.block_size, dtype=dtype,

@@ -15,7 +15,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gpt2_jax import sharding, stability
 from gpt2_jax.config import model_config
-from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import GPT, abstract_params, init_params, next_token_loss, param_logical_specs
 from gpt2_jax.optim import lr_schedule, make_optimizer
 
@@ -157,10 +156,7 @@ class Training:
 def build_training(c, mesh: Mesh, tx: optax.GradientTransformation | None = None) -> Training:
     """Everything the train step of config `c` needs on `mesh` (`tx` replaces the configured
     optimizer, for tests)."""
-    model = GPT(model_config(c))
-    if model.config.loss_kernel == "pallas" and mesh.size > 1:
-        raise ConfigError(f"model.loss_kernel=pallas runs on one device (its kernel has no "
-                          f"partitioning rule), and this mesh has {mesh.size}: use auto or xla")
+    model = GPT(model_config(c, devices=mesh.size))
     tx = tx or make_optimizer(c.optim, c.train.max_steps)
     window = c.stability.window
     shardings = state_shardings(model, tx, mesh, window, zero1=c.mesh.zero1)

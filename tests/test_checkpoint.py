@@ -13,7 +13,7 @@ import pytest
 
 from helpers import TINY
 from gpt2_jax import sharding
-from gpt2_jax.checkpoint import Checkpointer
+from gpt2_jax.checkpoint import Checkpointer, load_trained
 from gpt2_jax.config import load_config, model_config
 from gpt2_jax.errors import CheckpointError
 from gpt2_jax.model import GPT
@@ -195,3 +195,31 @@ def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path):
     assert restored.params["h"]["mlp"]["c_fc"]["kernel"].sharding.device_set == {jax.devices()[0]}
     assert data_state == {"next_index": 5} and config["mesh"]["fsdp"] == 8
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
+
+
+@pytest.mark.parametrize("saved_kernel", ["pallas", None])
+def test_a_run_restores_on_many_devices_whatever_loss_kernel_it_trained_with(tmp_path,
+                                                                             saved_kernel):
+    """model.loss_kernel is a speed choice: a run trained on one GPU with loss_kernel=pallas (or
+    checkpointed before the key existed, None) restores for evaluation on this 8-device mesh,
+    where the one-device kernel cannot run."""
+    c = load_config(None, [*TINY, "--config.mesh.data=1"])
+    model, tx = GPT(model_config(c)), make_optimizer(c.optim, 10)
+    mesh1 = sharding.make_mesh(c.mesh, jax.devices()[:1])
+    with jax.set_mesh(mesh1):
+        window = c.stability.window
+        state = create_train_state(model, tx, state_shardings(model, tx, mesh1, window), seed=3,
+                                   guard_window=window)
+    with c.unlocked():
+        if saved_kernel:
+            c.model.loss_kernel = saved_kernel
+        else:
+            del c.model["loss_kernel"]
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    ckpt.save(5, state, {"next_index": 5}, c)
+    ckpt.wait()
+
+    trained = load_trained(tmp_path)
+    assert trained.mesh.size == 8 and trained.model.config.loss_kernel == "xla"
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(trained.params),
+                 jax.device_get(state.params))

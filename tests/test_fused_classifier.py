@@ -107,7 +107,7 @@ def test_the_model_trains_the_same_with_either_loss_kernel():
 def test_auto_picks_xla_off_gpu_and_pallas_refuses_a_softcap(tiny_config):
     assert model_config(tiny_config(), backend="cpu").loss_kernel == "xla"
     assert model_config(tiny_config("--config.model.loss_kernel=pallas"),
-                        backend="cpu").loss_kernel == "pallas"
+                        backend="cpu", devices=1).loss_kernel == "pallas"
     with pytest.raises(ConfigError, match="model.loss_kernel=pallas has no logit softcap"):
         tiny_config("--config.model.loss_kernel=pallas", "--config.model.logit_softcap=15.0")
     with pytest.raises(ConfigError, match="model.loss_kernel must be auto, pallas or xla"):
