@@ -249,9 +249,9 @@ def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
         for candidate in available if step is None else [step]:
             try:
                 config = ml_collections.ConfigDict(checkpoints.saved_config(candidate))
-                # The loss kernel is the run's speed choice, not part of its weights: chosen
-                # again for this mesh (and absent from checkpoints older than the key).
-                config.model.loss_kernel = "auto"
+                # The Pallas kernels are the run's speed choice, not part of its weights: chosen
+                # again for this mesh (and absent from checkpoints older than their keys).
+                config.model.loss_kernel = config.model.gelu_kernel = "auto"
                 model = GPT(model_config(config, devices=mesh.size))
                 shardings = sharding.logical_sharding(param_logical_specs(model), mesh)
                 params = restore_params(directory, candidate, abstract_params(model, shardings))

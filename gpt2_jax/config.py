@@ -42,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     # The loss after the LM head: auto (pallas on a single GPU, else xla) | pallas (llm.c's fused
     # classifier as a Pallas kernel, fused_classifier.py; one device, no softcap) | xla
     c.model.loss_kernel = "auto"
+    # The MLP's bias add and GELU: auto (pallas on a single GPU, else xla) | pallas (backward as
+    # one Pallas kernel, fused_gelu.py; one device) | xla
+    c.model.gelu_kernel = "auto"
     c.model.scan_unroll = 1  # layers per iteration of the compiled layer loop (n_layer = unrolled)
     c.model.fp8 = False  # FP8 (e4m3/e5m2, current scaling) for the blocks' matmuls; Hopper+ GPUs
     # The modern recipe (configs/modern_124m.py turns it on); the defaults are exact GPT-2.
@@ -186,6 +189,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"model.logits_dtype must be float32 or bfloat16, not {m.logits_dtype!r}")
     _check(m.loss_kernel in ("auto", "pallas", "xla"),
            f"model.loss_kernel must be auto, pallas or xla, not {m.loss_kernel!r}")
+    _check(m.gelu_kernel in ("auto", "pallas", "xla"),
+           f"model.gelu_kernel must be auto, pallas or xla, not {m.gelu_kernel!r}")
+    _check(m.gelu_kernel != "pallas" or m.mlp_act == "gelu_tanh",
+           f"model.gelu_kernel=pallas computes GELU, and model.mlp_act is {m.mlp_act!r}: set "
+           "model.gelu_kernel=auto or xla")
     _check(m.loss_kernel != "pallas" or m.logit_softcap == 0,
            "model.loss_kernel=pallas has no logit softcap: set model.logit_softcap=0 or "
            "model.loss_kernel=xla")
@@ -259,6 +267,17 @@ def check_tensor_parallelism(c: ml_collections.ConfigDict, tensor: int) -> None:
                                    "tensor parallelism splits it across devices")
 
 
+def _one_device_kernel(key: str, choice: str, backend: str, devices: int, usable: bool) -> str:
+    """A Pallas kernel choice resolved: auto takes it on a single GPU where the model `usable`
+    with it; an explicit pallas on several devices is an error naming `key`."""
+    if choice == "auto":
+        return "pallas" if backend == "gpu" and usable and devices == 1 else "xla"
+    _check(choice != "pallas" or devices == 1,
+           f"model.{key}=pallas runs on one device (its kernel has no partitioning rule), "
+           f"and this mesh has {devices}: use auto or xla")
+    return choice
+
+
 def model_config(c: ml_collections.ConfigDict, backend: str | None = None,
                  devices: int | None = None) -> GPTConfig:
     """The model's static config, with "auto" choices resolved for the backend in use and the
@@ -270,19 +289,16 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None,
     attention = m.attention
     if attention == "auto":
         attention = "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
-    # The Pallas loss kernel has no partitioning rule: one device only.
-    loss_kernel = m.loss_kernel
-    if loss_kernel == "auto":
-        loss_kernel = ("pallas" if backend == "gpu" and not m.logit_softcap and devices == 1
-                       else "xla")
-    _check(loss_kernel != "pallas" or devices == 1,
-           f"model.loss_kernel=pallas runs on one device (its kernel has no partitioning rule), "
-           f"and this mesh has {devices}: use auto or xla")
+    # The Pallas kernels have no partitioning rule: one device only.
+    loss_kernel = _one_device_kernel("loss_kernel", m.loss_kernel, backend, devices,
+                                     usable=not m.logit_softcap)
+    gelu_kernel = _one_device_kernel("gelu_kernel", m.gelu_kernel, backend, devices,
+                                     usable=m.mlp_act == "gelu_tanh")
     return GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
                      vocab_size=m.vocab_size, real_vocab_size=VOCAB_SIZE,
                      block_size=m.block_size, dtype=dtype,
                      attention=attention, remat=m.remat, logits_dtype=m.logits_dtype,
-                     loss_kernel=loss_kernel,
+                     loss_kernel=loss_kernel, gelu_kernel=gelu_kernel,
                      scan_unroll=m.scan_unroll, pos_emb=m.pos_emb, norm=m.norm,
                      qk_norm=m.qk_norm, mlp_act=m.mlp_act, tie_embeddings=m.tie_embeddings,
                      logit_softcap=m.logit_softcap, fp8=m.fp8)

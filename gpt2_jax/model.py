@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt2_jax import fused_classifier
+from gpt2_jax.fused_gelu import bias_gelu
 from gpt2_jax.fp8 import matmul as fp8_matmul
 
 # Names of `model.remat`: "none" stores every activation, "full" recomputes the whole block in the
@@ -40,6 +41,7 @@ class GPTConfig:
     remat: str = "none"  # one of REMAT_CHOICES
     logits_dtype: str = "float32"  # dtype the loss's logits are stored in; softmax is always fp32
     loss_kernel: str = "xla"  # the loss after the LM head: "xla" fusions or "pallas" (one device)
+    gelu_kernel: str = "xla"  # the MLP's bias + GELU: "xla" or "pallas" backward (one device)
     scan_unroll: int = 1  # layers per iteration of the layer loop (n_layer = fully unrolled)
     # The modern recipe's switches (modded-nanogpt); the defaults are exact GPT-2.
     pos_emb: str = "learned"  # learned (wpe) | rope (rotary q and k, no wpe)
@@ -100,7 +102,8 @@ def _residual_std(cfg: GPTConfig) -> float:
 
 
 class Projection(nn.Module):
-    """x @ kernel + bias, contracting x's last `n_in` axes.
+    """x @ kernel + bias, contracting x's last `n_in` axes (with `gelu`, GELU of that through
+    fused_gelu.py, whose backward is one kernel that also reduces the bias gradient).
 
     The kernel is created at its full rank, e.g. (D, 3, H, K), so its logical axis names (and so
     its sharding) can split heads; the output is in the compute dtype. With `fp8` the product is
@@ -113,6 +116,7 @@ class Projection(nn.Module):
     dtype: str
     n_in: int = 1
     fp8: bool = False
+    gelu: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -127,6 +131,8 @@ class Projection(nn.Module):
             y = y.reshape(x.shape[:-self.n_in] + self.out_shape)
         else:
             y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.n_in)
+        if self.gelu:
+            return bias_gelu(y, bias)
         return y + bias.astype(self.dtype)
 
 
@@ -179,12 +185,13 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         cfg = self.config
+        fused_gelu = cfg.gelu_kernel == "pallas"
         h_BxTxF = Projection((4 * cfg.n_embd,), ("embed", "mlp"), 0.02, cfg.dtype, fp8=cfg.fp8,
-                             name="c_fc")(x_BxTxD)
+                             gelu=fused_gelu, name="c_fc")(x_BxTxD)
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "length", "mlp"))
         if cfg.mlp_act == "relu2":
             h_BxTxF = jnp.square(nn.relu(h_BxTxF))
-        else:
+        elif not fused_gelu:
             h_BxTxF = nn.gelu(h_BxTxF, approximate=True)  # GPT-2's tanh approximation
         return Projection((cfg.n_embd,), ("mlp", "embed"), _residual_std(cfg), cfg.dtype,
                           fp8=cfg.fp8, name="c_proj")(h_BxTxF)

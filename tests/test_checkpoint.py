@@ -198,11 +198,10 @@ def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path):
 
 
 @pytest.mark.parametrize("saved_kernel", ["pallas", None])
-def test_a_run_restores_on_many_devices_whatever_loss_kernel_it_trained_with(tmp_path,
-                                                                             saved_kernel):
-    """model.loss_kernel is a speed choice: a run trained on one GPU with loss_kernel=pallas (or
-    checkpointed before the key existed, None) restores for evaluation on this 8-device mesh,
-    where the one-device kernel cannot run."""
+def test_a_run_restores_on_many_devices_whatever_kernels_it_trained_with(tmp_path, saved_kernel):
+    """model.loss_kernel and model.gelu_kernel are speed choices: a run trained on one GPU with
+    both =pallas (or checkpointed before the keys existed, None) restores for evaluation on this
+    8-device mesh, where the one-device kernels cannot run."""
     c = load_config(None, [*TINY, "--config.mesh.data=1"])
     model, tx = GPT(model_config(c)), make_optimizer(c.optim, 10)
     mesh1 = sharding.make_mesh(c.mesh, jax.devices()[:1])
@@ -211,15 +210,17 @@ def test_a_run_restores_on_many_devices_whatever_loss_kernel_it_trained_with(tmp
         state = create_train_state(model, tx, state_shardings(model, tx, mesh1, window), seed=3,
                                    guard_window=window)
     with c.unlocked():
-        if saved_kernel:
-            c.model.loss_kernel = saved_kernel
-        else:
-            del c.model["loss_kernel"]
+        for key in ("loss_kernel", "gelu_kernel"):
+            if saved_kernel:
+                c.model[key] = saved_kernel
+            else:
+                del c.model[key]
     ckpt = Checkpointer(tmp_path / "checkpoints")
     ckpt.save(5, state, {"next_index": 5}, c)
     ckpt.wait()
 
     trained = load_trained(tmp_path)
-    assert trained.mesh.size == 8 and trained.model.config.loss_kernel == "xla"
+    assert trained.mesh.size == 8
+    assert trained.model.config.loss_kernel == trained.model.config.gelu_kernel == "xla"
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(trained.params),
                  jax.device_get(state.params))

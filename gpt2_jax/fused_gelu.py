@@ -1,0 +1,103 @@
+"""The MLP's bias add and tanh GELU, with a backward pass that is one Pallas (Triton) kernel.
+
+Autodiff of `gelu(z + b)` stores tanh(.) next to z in the forward pass and, in the backward,
+reads z, tanh and dy to write d(z) plus bias-gradient partials: one XLA fusion that moves four
+activation-sized tensors. A custom VJP that recomputes tanh instead was slower, because XLA
+split its backward in two (d(z) written in fp32, then read back for the bias reduction).
+
+Here the forward is the plain XLA fusion minus the tanh output (reads z, writes gelu), and the
+backward is one kernel over (row group, column block) tiles: it reads z and dy once, recomputes
+tanh in fp32, writes d(z) and one fp32 bias-gradient partial per row group, which XLA sums.
+Like the fused classifier it has no SPMD partitioning rule, so `model.gelu_kernel=auto` uses it
+on one device only. Off GPU it runs in Pallas' interpreter (tests compare it with autodiff).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+CUBIC = 0.044715
+BLOCK_COLS = 128  # columns per tile (a power of two dividing the hidden width, at most this)
+BLOCK_ROWS = 32  # rows per load
+GROUP_ROWS = 256  # rows summed into one bias-gradient partial
+NUM_WARPS, NUM_STAGES = 4, 1
+
+
+def gelu_tanh(h: jax.Array) -> jax.Array:
+    """GPT-2's GELU: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))."""
+    return 0.5 * h * (1 + jnp.tanh(SQRT_2_OVER_PI * (h + CUBIC * h * h * h)))
+
+
+def gelu_tanh_derivative(h: jax.Array) -> jax.Array:
+    t = jnp.tanh(SQRT_2_OVER_PI * (h + CUBIC * h * h * h))
+    return 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * CUBIC * h * h)
+
+
+def _power_of_two_dividing(n: int, at_most: int) -> int:
+    return min(n & -n, at_most)
+
+
+def _backward_kernel(z_ref, b_ref, dy_ref, dz_ref, db_ref, *, block_rows: int,
+                     group_rows: int, block_cols: int):
+    cols = pl.ds(pl.program_id(1) * block_cols, block_cols)
+    group = pl.program_id(0)
+    b = plgpu.load(b_ref.at[cols]).astype(jnp.float32)
+
+    def tile(i, db_partial):
+        rows = pl.ds(group * group_rows + i * block_rows, block_rows)
+        h = plgpu.load(z_ref.at[rows, cols]).astype(jnp.float32) + b[None, :]
+        dh = plgpu.load(dy_ref.at[rows, cols]).astype(jnp.float32) * gelu_tanh_derivative(h)
+        plgpu.store(dz_ref.at[rows, cols], dh.astype(dz_ref.dtype))
+        return db_partial + jnp.sum(dh, axis=0)
+
+    db_partial = jax.lax.fori_loop(0, group_rows // block_rows, tile,
+                                   jnp.zeros((block_cols,), jnp.float32))
+    plgpu.store(db_ref.at[pl.ds(group, 1), cols], db_partial[None, :])
+
+
+def bias_gelu_backward(z_NxF: jax.Array, b_F: jax.Array, dy_NxF: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+    """(d(z) in z's dtype, d(b) in fp32) for y = gelu_tanh(z + b), in one pass over z and dy."""
+    n_rows, width = z_NxF.shape
+    block_cols = _power_of_two_dividing(width, BLOCK_COLS)
+    group_rows = _power_of_two_dividing(n_rows, GROUP_ROWS)
+    block_rows = min(group_rows, BLOCK_ROWS)
+    n_groups = n_rows // group_rows
+    dz_NxF, db_partials_GxF = pl.pallas_call(
+        functools.partial(_backward_kernel, block_rows=block_rows, group_rows=group_rows,
+                          block_cols=block_cols),
+        out_shape=(jax.ShapeDtypeStruct(z_NxF.shape, z_NxF.dtype),
+                   jax.ShapeDtypeStruct((n_groups, width), jnp.float32)),
+        grid=(n_groups, width // block_cols), interpret=jax.default_backend() != "gpu",
+        name="bias_gelu_backward",
+        compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+    )(z_NxF, b_F, dy_NxF)
+    return dz_NxF, jnp.sum(db_partials_GxF, axis=0)
+
+
+@jax.custom_vjp
+def bias_gelu(z: jax.Array, b: jax.Array) -> jax.Array:
+    """gelu_tanh(z + b) in z's dtype, computed in fp32; b (the last axis) keeps its own dtype
+    for its gradient."""
+    return gelu_tanh(z.astype(jnp.float32) + b.astype(jnp.float32)).astype(z.dtype)
+
+
+def _forward(z, b):
+    return bias_gelu(z, b), (z, b)
+
+
+def _backward(residuals, dy):
+    z, b = residuals
+    width = z.shape[-1]
+    dz, db = bias_gelu_backward(z.reshape(-1, width), b, dy.reshape(-1, width))
+    return dz.reshape(z.shape), db.astype(b.dtype)
+
+
+bias_gelu.defvjp(_forward, _backward)

@@ -1,0 +1,83 @@
+"""The MLP's bias + GELU with its one-kernel backward (fused_gelu.py, run by Pallas' interpreter
+on CPU) against autodiff of the plain formula, inside the model, and the config rules that say
+where it runs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from gpt2_jax import fused_gelu
+from gpt2_jax.config import model_config
+from gpt2_jax.errors import ConfigError
+from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
+from gpt2_jax.step import build_training
+from gpt2_jax.tokenizer import VOCAB_SIZE
+
+
+def plain(z, b):
+    return jax.nn.gelu(z + b, approximate=True)
+
+
+@pytest.mark.parametrize("shape", [(3, 96, 192), (600, 48)])
+def test_value_and_gradients_match_autodiff_in_fp32(shape):
+    """(3, 96, 192): 288 rows in bias-gradient groups of 32, 192 columns in blocks of 64;
+    (600, 48): groups of 8 rows, one block of 16 columns. The absolute tolerance covers the
+    far negative tail, where 1 + tanh(.) cancels in fp32 (values there are about 1e-5)."""
+    kz, kb, kd = jax.random.split(jax.random.key(0), 3)
+    z = jax.random.normal(kz, shape) * 3  # well into both tails of the GELU
+    b = jax.random.normal(kb, shape[-1:])
+    dy = jax.random.normal(kd, shape)
+    np.testing.assert_allclose(fused_gelu.bias_gelu(z, b), plain(z, b), rtol=1e-6, atol=2e-5)
+    got = jax.vjp(fused_gelu.bias_gelu, z, b)[1](dy)
+    want = jax.vjp(plain, z, b)[1](dy)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_activations_keep_an_fp32_bias_gradient():
+    """In the model z and dy are bf16 and the bias an fp32 parameter: d(z) comes back bf16 (one
+    rounding of the fp32 value), d(b) fp32, summed before any rounding."""
+    kz, kb, kd = jax.random.split(jax.random.key(1), 3)
+    z = jax.random.normal(kz, (256, 128)) * 2
+    b = jax.random.normal(kb, (128,))
+    dy = jax.random.normal(kd, (256, 128))
+    dz, db = jax.vjp(fused_gelu.bias_gelu, z.astype(jnp.bfloat16), b)[1](dy.astype(jnp.bfloat16))
+    assert dz.dtype == jnp.bfloat16 and db.dtype == jnp.float32
+    want_dz, want_db = jax.vjp(plain, z.astype(jnp.bfloat16).astype(jnp.float32), b)[1](
+        dy.astype(jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_allclose(dz.astype(jnp.float32), want_dz, rtol=2 ** -8, atol=2e-5)
+    np.testing.assert_allclose(db, want_db, rtol=1e-5, atol=1e-4)
+
+
+def test_the_model_trains_the_same_with_either_gelu_kernel():
+    tokens = jax.random.randint(jax.random.key(4), (2, 17), 0, VOCAB_SIZE)
+    results = []
+    for kernel in ("xla", "pallas"):
+        model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, gelu_kernel=kernel))
+        params = init_params(model, jax.random.key(0))
+        results.append(jax.jit(jax.value_and_grad(
+            lambda p: next_token_loss(model, p, tokens)))(params))
+    (xla_loss, xla_grads), (pallas_loss, pallas_grads) = results
+    np.testing.assert_allclose(pallas_loss, xla_loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                 pallas_grads, xla_grads)
+
+
+def test_auto_picks_pallas_on_one_gpu_with_gelu_only(tiny_config):
+    assert model_config(tiny_config(), backend="cpu").gelu_kernel == "xla"
+    assert model_config(tiny_config(), backend="gpu", devices=1).gelu_kernel == "pallas"
+    assert model_config(tiny_config(), backend="gpu", devices=2).gelu_kernel == "xla"
+    assert model_config(tiny_config("--config.model.mlp_act=relu2"), backend="gpu",
+                        devices=1).gelu_kernel == "xla"
+    with pytest.raises(ConfigError, match="model.gelu_kernel=pallas computes GELU"):
+        tiny_config("--config.model.gelu_kernel=pallas", "--config.model.mlp_act=relu2")
+    with pytest.raises(ConfigError, match="model.gelu_kernel must be auto, pallas or xla"):
+        tiny_config("--config.model.gelu_kernel=triton")
+
+
+def test_pallas_on_a_mesh_of_several_devices_is_refused(tiny_config):
+    mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+    with pytest.raises(ConfigError, match="model.gelu_kernel=pallas runs on one device .* has 2"):
+        build_training(tiny_config("--config.model.gelu_kernel=pallas"), mesh)
