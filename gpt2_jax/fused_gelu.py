@@ -1,15 +1,17 @@
-"""The MLP's bias add and tanh GELU, with a backward pass that is one Pallas (Triton) kernel.
+"""The MLP's bias add and tanh GELU as two Pallas (Triton) kernels, forward and backward.
 
 Autodiff of `gelu(z + b)` stores tanh(.) next to z in the forward pass and, in the backward,
 reads z, tanh and dy to write d(z) plus bias-gradient partials: one XLA fusion that moves four
-activation-sized tensors. A custom VJP that recomputes tanh instead was slower, because XLA
+activation-sized tensors. A custom VJP that recomputes tanh in jnp was slower, because XLA
 split its backward in two (d(z) written in fp32, then read back for the bias reduction).
 
-Here the forward is the plain XLA fusion minus the tanh output (reads z, writes gelu), and the
-backward is one kernel over (row group, column block) tiles: it reads z and dy once, recomputes
-tanh in fp32, writes d(z) and one fp32 bias-gradient partial per row group, which XLA sums.
-Like the fused classifier it has no SPMD partitioning rule, so `model.gelu_kernel=auto` uses it
-on one device only. Off GPU it runs in Pallas' interpreter (tests compare it with autodiff).
+Here the forward reads z and writes gelu(z + b), nothing else, and the backward reads z and dy
+once, recomputes tanh in fp32 and writes d(z) plus one fp32 bias-gradient partial per group of
+rows, which XLA sums. Both run over (row group, column block) tiles; the backward, timed alone
+at 124M's shape, moves its 1.2 GB at 77% of an H100's peak bandwidth (BENCHMARKS.md has the tile
+sweep). Like the fused classifier they have no SPMD partitioning rule, so
+`model.gelu_kernel=auto` uses them on one device only. Off GPU they run in Pallas' interpreter
+(tests compare them with autodiff).
 """
 
 from __future__ import annotations
@@ -44,6 +46,20 @@ def _power_of_two_dividing(n: int, at_most: int) -> int:
     return min(n & -n, at_most)
 
 
+def _forward_kernel(z_ref, b_ref, y_ref, *, block_rows: int, group_rows: int, block_cols: int):
+    cols = pl.ds(pl.program_id(1) * block_cols, block_cols)
+    group = pl.program_id(0)
+    b = plgpu.load(b_ref.at[cols]).astype(jnp.float32)
+
+    def tile(i, carry):
+        rows = pl.ds(group * group_rows + i * block_rows, block_rows)
+        h = plgpu.load(z_ref.at[rows, cols]).astype(jnp.float32) + b[None, :]
+        plgpu.store(y_ref.at[rows, cols], gelu_tanh(h).astype(y_ref.dtype))
+        return carry
+
+    jax.lax.fori_loop(0, group_rows // block_rows, tile, 0)
+
+
 def _backward_kernel(z_ref, b_ref, dy_ref, dz_ref, db_ref, *, block_rows: int,
                      group_rows: int, block_cols: int):
     cols = pl.ds(pl.program_id(1) * block_cols, block_cols)
@@ -62,23 +78,30 @@ def _backward_kernel(z_ref, b_ref, dy_ref, dz_ref, db_ref, *, block_rows: int,
     plgpu.store(db_ref.at[pl.ds(group, 1), cols], db_partial[None, :])
 
 
-def bias_gelu_backward(z_NxF: jax.Array, b_F: jax.Array, dy_NxF: jax.Array
-                       ) -> tuple[jax.Array, jax.Array]:
-    """(d(z) in z's dtype, d(b) in fp32) for y = gelu_tanh(z + b), in one pass over z and dy."""
+def _over_tiles(kernel, name: str, outputs, z_NxF: jax.Array, *operands: jax.Array):
+    """`kernel` on a grid of (row group, column block) tiles of z (N x F); `outputs(n_groups)`
+    gives the output shapes."""
     n_rows, width = z_NxF.shape
     block_cols = _power_of_two_dividing(width, BLOCK_COLS)
     group_rows = _power_of_two_dividing(n_rows, GROUP_ROWS)
-    block_rows = min(group_rows, BLOCK_ROWS)
     n_groups = n_rows // group_rows
-    dz_NxF, db_partials_GxF = pl.pallas_call(
-        functools.partial(_backward_kernel, block_rows=block_rows, group_rows=group_rows,
+    return pl.pallas_call(
+        functools.partial(kernel, block_rows=min(group_rows, BLOCK_ROWS), group_rows=group_rows,
                           block_cols=block_cols),
-        out_shape=(jax.ShapeDtypeStruct(z_NxF.shape, z_NxF.dtype),
-                   jax.ShapeDtypeStruct((n_groups, width), jnp.float32)),
-        grid=(n_groups, width // block_cols), interpret=jax.default_backend() != "gpu",
-        name="bias_gelu_backward",
+        out_shape=outputs(n_groups), grid=(n_groups, width // block_cols),
+        interpret=jax.default_backend() != "gpu", name=name,
         compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
-    )(z_NxF, b_F, dy_NxF)
+    )(z_NxF, *operands)
+
+
+def bias_gelu_backward(z_NxF: jax.Array, b_F: jax.Array, dy_NxF: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+    """(d(z) in z's dtype, d(b) in fp32) for y = gelu_tanh(z + b), in one pass over z and dy."""
+    dz_NxF, db_partials_GxF = _over_tiles(
+        _backward_kernel, "bias_gelu_backward",
+        lambda n_groups: (jax.ShapeDtypeStruct(z_NxF.shape, z_NxF.dtype),
+                          jax.ShapeDtypeStruct((n_groups, z_NxF.shape[1]), jnp.float32)),
+        z_NxF, b_F, dy_NxF)
     return dz_NxF, jnp.sum(db_partials_GxF, axis=0)
 
 
@@ -86,7 +109,11 @@ def bias_gelu_backward(z_NxF: jax.Array, b_F: jax.Array, dy_NxF: jax.Array
 def bias_gelu(z: jax.Array, b: jax.Array) -> jax.Array:
     """gelu_tanh(z + b) in z's dtype, computed in fp32; b (the last axis) keeps its own dtype
     for its gradient."""
-    return gelu_tanh(z.astype(jnp.float32) + b.astype(jnp.float32)).astype(z.dtype)
+    width = z.shape[-1]
+    y = _over_tiles(_forward_kernel, "bias_gelu",
+                    lambda _: jax.ShapeDtypeStruct((z.size // width, width), z.dtype),
+                    z.reshape(-1, width), b)
+    return y.reshape(z.shape)
 
 
 def _forward(z, b):
