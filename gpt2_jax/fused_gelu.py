@@ -46,36 +46,42 @@ def _power_of_two_dividing(n: int, at_most: int) -> int:
     return min(n & -n, at_most)
 
 
-def _forward_kernel(z_ref, b_ref, y_ref, *, block_rows: int, group_rows: int, block_cols: int):
+def _tiles(z_ref, b_ref, *, block_rows: int, group_rows: int, block_cols: int):
+    """This program's columns, and a function giving its i-th tile's rows and z + b (fp32)."""
     cols = pl.ds(pl.program_id(1) * block_cols, block_cols)
-    group = pl.program_id(0)
+    first_row = pl.program_id(0) * group_rows
     b = plgpu.load(b_ref.at[cols]).astype(jnp.float32)
 
-    def tile(i, carry):
-        rows = pl.ds(group * group_rows + i * block_rows, block_rows)
-        h = plgpu.load(z_ref.at[rows, cols]).astype(jnp.float32) + b[None, :]
+    def tile(i):
+        rows = pl.ds(first_row + i * block_rows, block_rows)
+        return rows, plgpu.load(z_ref.at[rows, cols]).astype(jnp.float32) + b[None, :]
+
+    return cols, tile
+
+
+def _forward_kernel(z_ref, b_ref, y_ref, **tiling):
+    cols, tile = _tiles(z_ref, b_ref, **tiling)
+
+    def step(i, carry):
+        rows, h = tile(i)
         plgpu.store(y_ref.at[rows, cols], gelu_tanh(h).astype(y_ref.dtype))
         return carry
 
-    jax.lax.fori_loop(0, group_rows // block_rows, tile, 0)
+    jax.lax.fori_loop(0, tiling["group_rows"] // tiling["block_rows"], step, 0)
 
 
-def _backward_kernel(z_ref, b_ref, dy_ref, dz_ref, db_ref, *, block_rows: int,
-                     group_rows: int, block_cols: int):
-    cols = pl.ds(pl.program_id(1) * block_cols, block_cols)
-    group = pl.program_id(0)
-    b = plgpu.load(b_ref.at[cols]).astype(jnp.float32)
+def _backward_kernel(z_ref, b_ref, dy_ref, dz_ref, db_ref, **tiling):
+    cols, tile = _tiles(z_ref, b_ref, **tiling)
 
-    def tile(i, db_partial):
-        rows = pl.ds(group * group_rows + i * block_rows, block_rows)
-        h = plgpu.load(z_ref.at[rows, cols]).astype(jnp.float32) + b[None, :]
+    def step(i, db_partial):
+        rows, h = tile(i)
         dh = plgpu.load(dy_ref.at[rows, cols]).astype(jnp.float32) * gelu_tanh_derivative(h)
         plgpu.store(dz_ref.at[rows, cols], dh.astype(dz_ref.dtype))
         return db_partial + jnp.sum(dh, axis=0)
 
-    db_partial = jax.lax.fori_loop(0, group_rows // block_rows, tile,
-                                   jnp.zeros((block_cols,), jnp.float32))
-    plgpu.store(db_ref.at[pl.ds(group, 1), cols], db_partial[None, :])
+    db_partial = jax.lax.fori_loop(0, tiling["group_rows"] // tiling["block_rows"], step,
+                                   jnp.zeros((tiling["block_cols"],), jnp.float32))
+    plgpu.store(db_ref.at[pl.ds(pl.program_id(0), 1), cols], db_partial[None, :])
 
 
 def _over_tiles(kernel, name: str, outputs, z_NxF: jax.Array, *operands: jax.Array):

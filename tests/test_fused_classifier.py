@@ -1,17 +1,16 @@
 """The Pallas fused classifier (fused_classifier.py, run by Pallas' interpreter on CPU) against
-the plain formula, inside the model, and the config rules that say where it runs."""
+the plain formula, and the config rules that say where it runs (test_pallas_kernels.py has the
+model with either choice)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 
 from gpt2_jax import fused_classifier
 from gpt2_jax.config import model_config
 from gpt2_jax.errors import ConfigError
-from gpt2_jax.model import GPT, GPTConfig, cross_entropy, init_params, next_token_loss
-from gpt2_jax.step import build_training
+from gpt2_jax.model import cross_entropy
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
 N, D, V = 24, 16, 50304  # GPT-2's padded vocabulary: 13 column blocks, the last one partial
@@ -90,20 +89,6 @@ def test_chunked_pallas_loss_equals_the_xla_loss():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_the_model_trains_the_same_with_either_loss_kernel():
-    tokens = jax.random.randint(jax.random.key(4), (2, 17), 0, VOCAB_SIZE)
-    results = []
-    for kernel in ("xla", "pallas"):
-        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, loss_kernel=kernel))
-        params = init_params(model, jax.random.key(0))
-        results.append(jax.jit(jax.value_and_grad(
-            lambda p: next_token_loss(model, p, tokens)))(params))
-    (xla_loss, xla_grads), (pallas_loss, pallas_grads) = results
-    np.testing.assert_allclose(pallas_loss, xla_loss, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
-                 pallas_grads, xla_grads)
-
-
 def test_auto_picks_xla_off_gpu_and_pallas_refuses_a_softcap(tiny_config):
     assert model_config(tiny_config(), backend="cpu").loss_kernel == "xla"
     assert model_config(tiny_config("--config.model.loss_kernel=pallas"),
@@ -112,9 +97,3 @@ def test_auto_picks_xla_off_gpu_and_pallas_refuses_a_softcap(tiny_config):
         tiny_config("--config.model.loss_kernel=pallas", "--config.model.logit_softcap=15.0")
     with pytest.raises(ConfigError, match="model.loss_kernel must be auto, pallas or xla"):
         tiny_config("--config.model.loss_kernel=triton")
-
-
-def test_pallas_on_a_mesh_of_several_devices_is_refused(tiny_config):
-    mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
-    with pytest.raises(ConfigError, match="runs on one device .* this mesh has 2"):
-        build_training(tiny_config("--config.model.loss_kernel=pallas"), mesh)

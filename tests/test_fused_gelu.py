@@ -1,19 +1,15 @@
-"""The MLP's bias + GELU with its one-kernel backward (fused_gelu.py, run by Pallas' interpreter
-on CPU) against autodiff of the plain formula, inside the model, and the config rules that say
-where it runs."""
+"""The MLP's bias + GELU kernels (fused_gelu.py, run by Pallas' interpreter on CPU) against
+autodiff of the plain formula, and the config rules that say where they run
+(test_pallas_kernels.py has the model with either choice)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 
 from gpt2_jax import fused_gelu
 from gpt2_jax.config import model_config
 from gpt2_jax.errors import ConfigError
-from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
-from gpt2_jax.step import build_training
-from gpt2_jax.tokenizer import VOCAB_SIZE
 
 
 def plain(z, b):
@@ -51,20 +47,6 @@ def test_bf16_activations_keep_an_fp32_bias_gradient():
     np.testing.assert_allclose(db, want_db, rtol=1e-5, atol=1e-4)
 
 
-def test_the_model_trains_the_same_with_either_gelu_kernel():
-    tokens = jax.random.randint(jax.random.key(4), (2, 17), 0, VOCAB_SIZE)
-    results = []
-    for kernel in ("xla", "pallas"):
-        model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, gelu_kernel=kernel))
-        params = init_params(model, jax.random.key(0))
-        results.append(jax.jit(jax.value_and_grad(
-            lambda p: next_token_loss(model, p, tokens)))(params))
-    (xla_loss, xla_grads), (pallas_loss, pallas_grads) = results
-    np.testing.assert_allclose(pallas_loss, xla_loss, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
-                 pallas_grads, xla_grads)
-
-
 def test_auto_picks_pallas_on_one_gpu_with_gelu_only(tiny_config):
     assert model_config(tiny_config(), backend="cpu").gelu_kernel == "xla"
     assert model_config(tiny_config(), backend="gpu", devices=1).gelu_kernel == "pallas"
@@ -75,9 +57,3 @@ def test_auto_picks_pallas_on_one_gpu_with_gelu_only(tiny_config):
         tiny_config("--config.model.gelu_kernel=pallas", "--config.model.mlp_act=relu2")
     with pytest.raises(ConfigError, match="model.gelu_kernel must be auto, pallas or xla"):
         tiny_config("--config.model.gelu_kernel=triton")
-
-
-def test_pallas_on_a_mesh_of_several_devices_is_refused(tiny_config):
-    mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
-    with pytest.raises(ConfigError, match="model.gelu_kernel=pallas runs on one device .* has 2"):
-        build_training(tiny_config("--config.model.gelu_kernel=pallas"), mesh)
