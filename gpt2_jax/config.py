@@ -42,8 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
     # The loss after the LM head: auto (pallas on a single GPU, else xla) | pallas (llm.c's fused
     # classifier as a Pallas kernel, fused_classifier.py; one device, no softcap) | xla
     c.model.loss_kernel = "auto"
-    # The MLP's bias add and GELU: auto (pallas on a single GPU, else xla) | pallas (backward as
-    # one Pallas kernel, fused_gelu.py; one device) | xla
+    # The MLP's bias add and GELU: auto (pallas on a single GPU, else xla) | pallas (forward and
+    # backward as Pallas kernels, fused_gelu.py; one device) | xla
     c.model.gelu_kernel = "auto"
     c.model.scan_unroll = 1  # layers per iteration of the compiled layer loop (n_layer = unrolled)
     c.model.fp8 = False  # FP8 (e4m3/e5m2, current scaling) for the blocks' matmuls; Hopper+ GPUs

@@ -26,6 +26,7 @@ from jax.experimental.pallas import triton as plgpu
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 CUBIC = 0.044715
+# The tiling, from a sweep of the backward on an H100 (BENCHMARKS.md, run x).
 BLOCK_COLS = 128  # columns per tile (a power of two dividing the hidden width, at most this)
 BLOCK_ROWS = 32  # rows per load
 GROUP_ROWS = 256  # rows summed into one bias-gradient partial
@@ -38,6 +39,7 @@ def gelu_tanh(h: jax.Array) -> jax.Array:
 
 
 def gelu_tanh_derivative(h: jax.Array) -> jax.Array:
+    """d gelu_tanh / dh, with tanh recomputed rather than stored."""
     t = jnp.tanh(SQRT_2_OVER_PI * (h + CUBIC * h * h * h))
     return 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * CUBIC * h * h)
 

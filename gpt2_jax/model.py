@@ -41,7 +41,7 @@ class GPTConfig:
     remat: str = "none"  # one of REMAT_CHOICES
     logits_dtype: str = "float32"  # dtype the loss's logits are stored in; softmax is always fp32
     loss_kernel: str = "xla"  # the loss after the LM head: "xla" fusions or "pallas" (one device)
-    gelu_kernel: str = "xla"  # the MLP's bias + GELU: "xla" or "pallas" backward (one device)
+    gelu_kernel: str = "xla"  # the MLP's bias + GELU: "xla" fusions or "pallas" (one device)
     scan_unroll: int = 1  # layers per iteration of the layer loop (n_layer = fully unrolled)
     # The modern recipe's switches (modded-nanogpt); the defaults are exact GPT-2.
     pos_emb: str = "learned"  # learned (wpe) | rope (rotary q and k, no wpe)
