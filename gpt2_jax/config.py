@@ -43,7 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
     # classifier as a Pallas kernel, fused_classifier.py; one device, no softcap) | xla
     c.model.loss_kernel = "auto"
     # The MLP's bias add and GELU: auto (pallas on a single GPU, else xla) | pallas (forward and
-    # backward as Pallas kernels, fused_gelu.py; one device) | xla
+    # backward as Pallas kernels, fused_gelu.py; on a mesh each device runs them on its shard,
+    # not yet measured there) | xla
     c.model.gelu_kernel = "auto"
     c.model.scan_unroll = 1  # layers per iteration of the compiled layer loop (n_layer = unrolled)
     c.model.fp8 = False  # FP8 (e4m3/e5m2, current scaling) for the blocks' matmuls; Hopper+ GPUs
@@ -267,12 +268,14 @@ def check_tensor_parallelism(c: ml_collections.ConfigDict, tensor: int) -> None:
                                    "tensor parallelism splits it across devices")
 
 
-def _one_device_kernel(key: str, choice: str, backend: str, devices: int, usable: bool) -> str:
-    """A Pallas kernel choice resolved: auto takes it on a single GPU where the model `usable`
-    with it; an explicit pallas on several devices is an error naming `key`."""
+def _kernel_choice(key: str, choice: str, backend: str, devices: int, usable: bool,
+                   runs_per_device: bool) -> str:
+    """A Pallas kernel choice resolved. auto takes it on a single GPU where the model is `usable`
+    with it (on meshes it is not measured yet); an explicit pallas on several devices needs a
+    kernel that `runs_per_device` (sharding.per_device), else it is an error naming `key`."""
     if choice == "auto":
         return "pallas" if backend == "gpu" and usable and devices == 1 else "xla"
-    _check(choice != "pallas" or devices == 1,
+    _check(choice != "pallas" or devices == 1 or runs_per_device,
            f"model.{key}=pallas runs on one device (its kernel has no partitioning rule), "
            f"and this mesh has {devices}: use auto or xla")
     return choice
@@ -289,11 +292,10 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None,
     attention = m.attention
     if attention == "auto":
         attention = "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
-    # The Pallas kernels have no partitioning rule: one device only.
-    loss_kernel = _one_device_kernel("loss_kernel", m.loss_kernel, backend, devices,
-                                     usable=not m.logit_softcap)
-    gelu_kernel = _one_device_kernel("gelu_kernel", m.gelu_kernel, backend, devices,
-                                     usable=m.mlp_act == "gelu_tanh")
+    loss_kernel = _kernel_choice("loss_kernel", m.loss_kernel, backend, devices,
+                                 usable=not m.logit_softcap, runs_per_device=False)
+    gelu_kernel = _kernel_choice("gelu_kernel", m.gelu_kernel, backend, devices,
+                                 usable=m.mlp_act == "gelu_tanh", runs_per_device=True)
     return GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
                      vocab_size=m.vocab_size, real_vocab_size=VOCAB_SIZE,
                      block_size=m.block_size, dtype=dtype,

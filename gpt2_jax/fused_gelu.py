@@ -9,9 +9,10 @@ Here the forward reads z and writes gelu(z + b), nothing else, and the backward 
 once, recomputes tanh in fp32 and writes d(z) plus one fp32 bias-gradient partial per group of
 rows, which XLA sums. Both run over (row group, column block) tiles; the backward, timed alone
 at 124M's shape, moves its 1.2 GB at 77% of an H100's peak bandwidth (BENCHMARKS.md has the tile
-sweep). Like the fused classifier they have no SPMD partitioning rule, so
-`model.gelu_kernel=auto` uses them on one device only. Off GPU they run in Pallas' interpreter
-(tests compare them with autodiff).
+sweep). They have no SPMD partitioning rule: on a mesh each device runs them on its own rows and
+columns (sharding.per_device), and the bias partials are summed across devices. That is tested on
+CPU meshes but not yet timed on GPUs, so `model.gelu_kernel=auto` still takes them on a single
+GPU only. Off GPU they run in Pallas' interpreter (tests compare them with autodiff).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+
+from gpt2_jax import sharding
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 CUBIC = 0.044715
@@ -102,14 +105,28 @@ def _over_tiles(kernel, name: str, outputs, z_NxF: jax.Array, *operands: jax.Arr
     )(z_NxF, *operands)
 
 
-def bias_gelu_backward(z_NxF: jax.Array, b_F: jax.Array, dy_NxF: jax.Array
-                       ) -> tuple[jax.Array, jax.Array]:
-    """(d(z) in z's dtype, d(b) in fp32) for y = gelu_tanh(z + b), in one pass over z and dy."""
-    dz_NxF, db_partials_GxF = _over_tiles(
+ROWS, COLUMNS = ("batch", "mlp"), ("mlp",)  # logical axes of z (tokens x width) and of b
+
+
+def _backward_pass(z_NxF, b_F, dy_NxF):
+    return _over_tiles(
         _backward_kernel, "bias_gelu_backward",
         lambda n_groups: (jax.ShapeDtypeStruct(z_NxF.shape, z_NxF.dtype),
                           jax.ShapeDtypeStruct((n_groups, z_NxF.shape[1]), jnp.float32)),
         z_NxF, b_F, dy_NxF)
+
+
+def _forward_pass(z_NxF, b_F):
+    return _over_tiles(_forward_kernel, "bias_gelu",
+                       lambda _: jax.ShapeDtypeStruct(z_NxF.shape, z_NxF.dtype), z_NxF, b_F)
+
+
+def bias_gelu_backward(z_NxF: jax.Array, b_F: jax.Array, dy_NxF: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+    """(d(z) in z's dtype, d(b) in fp32) for y = gelu_tanh(z + b), in one pass over z and dy
+    (on a mesh, each device over its rows and columns; the partials' sum crosses devices)."""
+    dz_NxF, db_partials_GxF = sharding.per_device(
+        _backward_pass, (ROWS, COLUMNS, ROWS), (ROWS, ROWS))(z_NxF, b_F, dy_NxF)
     return dz_NxF, jnp.sum(db_partials_GxF, axis=0)
 
 
@@ -118,9 +135,7 @@ def bias_gelu(z: jax.Array, b: jax.Array) -> jax.Array:
     """gelu_tanh(z + b) in z's dtype, computed in fp32; b (the last axis) keeps its own dtype
     for its gradient."""
     width = z.shape[-1]
-    y = _over_tiles(_forward_kernel, "bias_gelu",
-                    lambda _: jax.ShapeDtypeStruct((z.size // width, width), z.dtype),
-                    z.reshape(-1, width), b)
+    y = sharding.per_device(_forward_pass, (ROWS, COLUMNS), ROWS)(z.reshape(-1, width), b)
     return y.reshape(z.shape)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -118,6 +119,37 @@ def eval_batch_sharding(mesh: Mesh) -> NamedSharding:
 def axis_rules():
     """Context in which the model's logical activation constraints take effect (inside jit)."""
     return nn.logical_axis_rules(LOGICAL_AXIS_RULES)
+
+
+def per_device(fn: Callable, in_axes: tuple, out_axes) -> Callable:
+    """`fn` applied to each device's shard of its operands: for kernels that have no SPMD
+    partitioning rule (the Pallas ones), a shard_map over the mesh in context (`jax.set_mesh`),
+    operands' and results' shardings named as logical axes and resolved by the rules table.
+    `fn` itself without a mesh of several devices in context, or for operands the mesh does not
+    divide (the 1-token trace that builds the params)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return fn
+
+    def spec(axes: tuple) -> P:
+        return nn.logical_to_mesh_axes(axes, LOGICAL_AXIS_RULES)
+
+    def devices_along(entry) -> int:
+        names = () if entry is None else (entry,) if isinstance(entry, str) else entry
+        return math.prod(mesh.shape[name] for name in names)
+
+    in_specs = tuple(spec(axes) for axes in in_axes)
+    out_specs = (spec(out_axes) if isinstance(out_axes[0], str)
+                 else tuple(spec(axes) for axes in out_axes))
+    sharded = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                            check_vma=False)
+
+    def run(*operands):
+        divides = all(size % devices_along(entry) == 0 for x, s in zip(operands, in_specs)
+                      for size, entry in zip(x.shape, s))
+        return (sharded if divides else fn)(*operands)
+
+    return run
 
 
 def to_global_array(local_batch: np.ndarray, sharding: NamedSharding) -> jax.Array:

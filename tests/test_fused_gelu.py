@@ -51,6 +51,8 @@ def test_auto_picks_pallas_on_one_gpu_with_gelu_only(tiny_config):
     assert model_config(tiny_config(), backend="cpu").gelu_kernel == "xla"
     assert model_config(tiny_config(), backend="gpu", devices=1).gelu_kernel == "pallas"
     assert model_config(tiny_config(), backend="gpu", devices=2).gelu_kernel == "xla"
+    assert model_config(tiny_config("--config.model.gelu_kernel=pallas"), backend="gpu",
+                        devices=8).gelu_kernel == "pallas"  # runs per device on a mesh
     assert model_config(tiny_config("--config.model.mlp_act=relu2"), backend="gpu",
                         devices=1).gelu_kernel == "xla"
     with pytest.raises(ConfigError, match="model.gelu_kernel=pallas computes GELU"):

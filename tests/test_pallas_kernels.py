@@ -1,13 +1,18 @@
 """What the two Pallas kernel choices (model.loss_kernel, model.gelu_kernel) share: the model
-trains the same with either value, and a mesh of several devices refuses an explicit pallas."""
+trains the same with either value. On a mesh of several devices the GELU kernels run per device
+(sharding.per_device) and train the same as XLA's fusions; the loss kernel is refused there."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run_steps
 from jax.sharding import Mesh
 
+from gpt2_jax import fused_gelu, sharding
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
+from gpt2_jax.optim import make_optimizer
 from gpt2_jax.step import build_training
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
@@ -29,8 +34,29 @@ def test_the_model_trains_the_same_with_either_kernel(key):
                  pallas_grads, xla_grads)
 
 
-@pytest.mark.parametrize("key", KEYS)
-def test_pallas_on_a_mesh_of_several_devices_is_refused(tiny_config, key):
+def test_the_loss_kernel_on_a_mesh_of_several_devices_is_refused(tiny_config):
     mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
-    with pytest.raises(ConfigError, match=f"model.{key}=pallas runs on one device .* has 2"):
-        build_training(tiny_config(f"--config.model.{key}=pallas"), mesh)
+    with pytest.raises(ConfigError, match="model.loss_kernel=pallas runs on one device .* has 2"):
+        build_training(tiny_config("--config.model.loss_kernel=pallas"), mesh)
+
+
+def test_the_gelu_kernels_train_the_same_per_device_on_a_mesh(tiny_config):
+    """data x fsdp x tensor = 2 x 2 x 2: each device runs the kernels on its rows and its half of
+    the MLP width, and the bias gradient's partials are summed across devices."""
+    mesh_overrides = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+                      "--config.train.total_batch_size=128")
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, VOCAB_SIZE, (1, 8, 17)) for _ in range(3)]
+    runs = {}
+    for kernel in ("xla", "pallas"):
+        c = tiny_config(*mesh_overrides, f"--config.model.gelu_kernel={kernel}")
+        mesh = sharding.make_mesh(c.mesh)
+        _, runs[kernel], history = run_steps(c, mesh, make_optimizer(c.optim, 10), batches)
+        runs[kernel + " losses"] = [float(m["loss"]) for m in history]
+    np.testing.assert_allclose(runs["pallas losses"], runs["xla losses"], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 runs["pallas"].params, runs["xla"].params)
+
+    z, b = jnp.ones((128, 128)), jnp.zeros((128,))
+    with jax.set_mesh(mesh):
+        assert "shard_map" in str(jax.make_jaxpr(fused_gelu.bias_gelu)(z, b))
