@@ -41,7 +41,7 @@ class GPTConfig:
     remat: str = "none"  # one of REMAT_CHOICES
     logits_dtype: str = "float32"  # dtype the loss's logits are stored in; softmax is always fp32
     loss_kernel: str = "xla"  # the loss after the LM head: "xla" fusions or "pallas" (one device)
-    gelu_kernel: str = "xla"  # the MLP's bias + GELU: "xla" fusions or "pallas" (one device)
+    gelu_kernel: str = "xla"  # the MLP's bias + GELU: "xla" fusions or "pallas" (per device)
     scan_unroll: int = 1  # layers per iteration of the layer loop (n_layer = fully unrolled)
     # The modern recipe's switches (modded-nanogpt); the defaults are exact GPT-2.
     pos_emb: str = "learned"  # learned (wpe) | rope (rotary q and k, no wpe)
@@ -185,7 +185,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         cfg = self.config
-        fused_gelu = cfg.gelu_kernel == "pallas"
+        fused_gelu = cfg.gelu_kernel == "pallas" and cfg.mlp_act == "gelu_tanh"
         h_BxTxF = Projection((4 * cfg.n_embd,), ("embed", "mlp"), 0.02, cfg.dtype, fp8=cfg.fp8,
                              gelu=fused_gelu, name="c_fc")(x_BxTxD)
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "length", "mlp"))

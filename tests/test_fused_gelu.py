@@ -59,3 +59,17 @@ def test_auto_picks_pallas_on_one_gpu_with_gelu_only(tiny_config):
         tiny_config("--config.model.gelu_kernel=pallas", "--config.model.mlp_act=relu2")
     with pytest.raises(ConfigError, match="model.gelu_kernel must be auto, pallas or xla"):
         tiny_config("--config.model.gelu_kernel=triton")
+
+
+def test_a_squared_relu_mlp_ignores_the_gelu_kernel():
+    """gelu_kernel names the kernel for GELU; with mlp_act=relu2 there is no GELU to run it on
+    (config.validate refuses the pair; a GPTConfig built directly must not apply both)."""
+    from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
+
+    tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, 50257)
+    losses = []
+    for kernel in ("xla", "pallas"):
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, mlp_act="relu2",
+                              gelu_kernel=kernel))
+        losses.append(next_token_loss(model, init_params(model, jax.random.key(0)), tokens))
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
