@@ -8,8 +8,9 @@ def get_config():
     c.model.n_layer = 36
     c.model.n_head = 20
     c.model.n_embd = 1280
-    # No recomputation: 68.7 GiB at 32 x 1024; dots_with_no_batch_dims_saveable needs 49.0 GiB
-    # and runs 7.8% slower (one H100, BENCHMARKS.md).
+    # No recomputation: 67.5 GiB at 32 x 1024 with the GELU kernels (68.7 before them);
+    # dots_with_no_batch_dims_saveable needed 49.0 GiB and ran 7.8% slower (one H100,
+    # BENCHMARKS.md).
     c.model.remat = "none"
     c.train.max_steps = 286102
     c.train.micro_batch_size = 32
