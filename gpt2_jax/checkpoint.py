@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from gpt2_jax import sharding
-from gpt2_jax.config import model_config
+from gpt2_jax.config import PALLAS_KERNEL_KEYS, model_config
 from gpt2_jax.errors import CheckpointError
 from gpt2_jax.model import GPT, abstract_params, param_logical_specs
 
@@ -251,7 +251,8 @@ def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
                 config = ml_collections.ConfigDict(checkpoints.saved_config(candidate))
                 # The Pallas kernels are the run's speed choice, not part of its weights: chosen
                 # again for this mesh (and absent from checkpoints older than their keys).
-                config.model.loss_kernel = config.model.gelu_kernel = "auto"
+                for key in PALLAS_KERNEL_KEYS:
+                    config.model[key] = "auto"
                 model = GPT(model_config(config, devices=mesh.size))
                 shardings = sharding.logical_sharding(param_logical_specs(model), mesh)
                 params = restore_params(directory, candidate, abstract_params(model, shardings))

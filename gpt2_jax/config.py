@@ -18,9 +18,13 @@ from absl import flags
 from ml_collections import config_flags
 
 from gpt2_jax.errors import ConfigError
+from gpt2_jax.fused_norm import MAX_WIDTH as NORM_KERNEL_WIDTH
 from gpt2_jax.model import REMAT_CHOICES, GPTConfig
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
+# The model's Pallas kernel choices (auto | pallas | xla): speed choices, not part of a run's
+# weights, so a restored checkpoint chooses them again for its own mesh.
+PALLAS_KERNEL_KEYS = ("loss_kernel", "gelu_kernel", "norm_kernel")
 # The config that runs when no --config is given: a small GPT-2 on the shipped Shakespeare text.
 DEFAULT_CONFIG_PATH = str(Path(__file__).parent / "configs" / "shakespeare.py")
 
@@ -46,6 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
     # backward as Pallas kernels, fused_gelu.py; on a mesh each device runs them on its shard,
     # not yet measured there) | xla
     c.model.gelu_kernel = "auto"
+    # The residual and bias adds and the LayerNorm after them: auto (pallas on a single GPU with
+    # model.norm=layernorm, else xla) | pallas (one Pallas kernel each way, fused_norm.py; on a
+    # mesh each device runs them on its rows) | xla
+    c.model.norm_kernel = "auto"
     c.model.scan_unroll = 1  # layers per iteration of the compiled layer loop (n_layer = unrolled)
     c.model.fp8 = False  # FP8 (e4m3/e5m2, current scaling) for the blocks' matmuls; Hopper+ GPUs
     # The modern recipe (configs/modern_124m.py turns it on); the defaults are exact GPT-2.
@@ -188,13 +196,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"model.attention must be auto, cudnn or xla, not {m.attention!r}")
     _check(m.logits_dtype in ("float32", "bfloat16"),
            f"model.logits_dtype must be float32 or bfloat16, not {m.logits_dtype!r}")
-    _check(m.loss_kernel in ("auto", "pallas", "xla"),
-           f"model.loss_kernel must be auto, pallas or xla, not {m.loss_kernel!r}")
-    _check(m.gelu_kernel in ("auto", "pallas", "xla"),
-           f"model.gelu_kernel must be auto, pallas or xla, not {m.gelu_kernel!r}")
+    for key in PALLAS_KERNEL_KEYS:
+        _check(m[key] in ("auto", "pallas", "xla"),
+               f"model.{key} must be auto, pallas or xla, not {m[key]!r}")
     _check(m.gelu_kernel != "pallas" or m.mlp_act == "gelu_tanh",
            f"model.gelu_kernel=pallas computes GELU, and model.mlp_act is {m.mlp_act!r}: set "
            "model.gelu_kernel=auto or xla")
+    _check(m.norm_kernel != "pallas" or m.norm == "layernorm",
+           f"model.norm_kernel=pallas computes LayerNorm, and model.norm is {m.norm!r}: set "
+           "model.norm_kernel=auto or xla")
+    _check(m.norm_kernel != "pallas" or m.n_embd <= NORM_KERNEL_WIDTH,
+           f"model.norm_kernel=pallas takes rows of at most {NORM_KERNEL_WIDTH} channels, and "
+           f"model.n_embd is {m.n_embd}: set model.norm_kernel=auto or xla")
     _check(m.loss_kernel != "pallas" or m.logit_softcap == 0,
            "model.loss_kernel=pallas has no logit softcap: set model.logit_softcap=0 or "
            "model.loss_kernel=xla")
@@ -296,11 +309,14 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None,
                                  usable=not m.logit_softcap, runs_per_device=False)
     gelu_kernel = _kernel_choice("gelu_kernel", m.gelu_kernel, backend, devices,
                                  usable=m.mlp_act == "gelu_tanh", runs_per_device=True)
+    norm_kernel = _kernel_choice("norm_kernel", m.norm_kernel, backend, devices,
+                                 usable=m.norm == "layernorm" and m.n_embd <= NORM_KERNEL_WIDTH,
+                                 runs_per_device=True)
     return GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
                      vocab_size=m.vocab_size, real_vocab_size=VOCAB_SIZE,
                      block_size=m.block_size, dtype=dtype,
                      attention=attention, remat=m.remat, logits_dtype=m.logits_dtype,
-                     loss_kernel=loss_kernel, gelu_kernel=gelu_kernel,
+                     loss_kernel=loss_kernel, gelu_kernel=gelu_kernel, norm_kernel=norm_kernel,
                      scan_unroll=m.scan_unroll, pos_emb=m.pos_emb, norm=m.norm,
                      qk_norm=m.qk_norm, mlp_act=m.mlp_act, tie_embeddings=m.tie_embeddings,
                      logit_softcap=m.logit_softcap, fp8=m.fp8)

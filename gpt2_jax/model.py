@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gpt2_jax import fused_classifier
+from gpt2_jax import fused_classifier, fused_norm
 from gpt2_jax.fused_gelu import bias_gelu
 from gpt2_jax.fp8 import matmul as fp8_matmul
 
@@ -26,6 +26,7 @@ from gpt2_jax.fp8 import matmul as fp8_matmul
 # backward pass, anything else is a policy of `jax.checkpoint_policies` (what may be saved).
 REMAT_CHOICES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
                  "checkpoint_dots", "checkpoint_dots_with_no_batch_dims", "nothing_saveable")
+NORM_EPS = fused_norm.EPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ class GPTConfig:
     logits_dtype: str = "float32"  # dtype the loss's logits are stored in; softmax is always fp32
     loss_kernel: str = "xla"  # the loss after the LM head: "xla" fusions or "pallas" (one device)
     gelu_kernel: str = "xla"  # the MLP's bias + GELU: "xla" fusions or "pallas" (per device)
+    norm_kernel: str = "xla"  # residual add + LayerNorm: "xla" fusions or "pallas" (per device)
     scan_unroll: int = 1  # layers per iteration of the layer loop (n_layer = fully unrolled)
     # The modern recipe's switches (modded-nanogpt); the defaults are exact GPT-2.
     pos_emb: str = "learned"  # learned (wpe) | rope (rotary q and k, no wpe)
@@ -65,15 +67,37 @@ def _const(init, axes: tuple):
     return nn.with_logical_partitioning(init, axes)
 
 
-def _norm(cfg: GPTConfig, name: str) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(epsilon=1e-5, dtype=cfg.dtype, param_dtype=jnp.float32, name=name,
-                          scale_init=_const(nn.initializers.ones, ("embed",)))
-    return nn.LayerNorm(
-        epsilon=1e-5, dtype=cfg.dtype, param_dtype=jnp.float32, name=name,
-        scale_init=_const(nn.initializers.ones, ("embed",)),
-        bias_init=_const(nn.initializers.zeros, ("embed",)),
-    )
+class ResidualNorm(nn.Module):
+    """Adds a branch's output and its bias, (y, bias) as Projection(defer_bias=True) returns them,
+    to the residual stream and normalizes the sum for the next branch: (s, norm(s)) for
+    s = x + (y + bias). GPT-2's LayerNorm (or RMSNorm: a gain, no bias) over the channels with
+    fp32 statistics; with norm_kernel=pallas the adds and the LayerNorm run as one Pallas kernel
+    each way (fused_norm.py), as llm.c fuses them."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, branch: tuple[jax.Array, jax.Array]
+                 ) -> tuple[jax.Array, jax.Array]:
+        cfg, width = self.config, x_BxTxD.shape[-1]
+        branch_BxTxD, branch_bias_D = branch
+        scale = self.param("scale", _const(nn.initializers.ones, ("embed",)), (width,),
+                           jnp.float32)
+        bias = None if cfg.norm == "rmsnorm" else self.param(
+            "bias", _const(nn.initializers.zeros, ("embed",)), (width,), jnp.float32)
+        if cfg.norm_kernel == "pallas" and bias is not None:
+            return fused_norm.add_layer_norm(x_BxTxD, branch_BxTxD, branch_bias_D, scale, bias)
+        x_BxTxD = x_BxTxD + (branch_BxTxD + branch_bias_D.astype(branch_BxTxD.dtype))
+        x32 = x_BxTxD.astype(jnp.float32)
+        if bias is None:  # RMSNorm
+            rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + NORM_EPS)
+            return x_BxTxD, (x32 * rstd * scale).astype(cfg.dtype)
+        # One pass for both moments, as flax's LayerNorm (use_fast_variance) lets XLA fuse them.
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.maximum(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) - jnp.square(mean),
+                          0.0)
+        return x_BxTxD, ((x32 - mean) * (jax.lax.rsqrt(var + NORM_EPS) * scale) + bias
+                         ).astype(cfg.dtype)
 
 
 def rms_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -103,7 +127,8 @@ def _residual_std(cfg: GPTConfig) -> float:
 
 class Projection(nn.Module):
     """x @ kernel + bias, contracting x's last `n_in` axes (with `gelu`, GELU of that through
-    fused_gelu.py, whose backward is one kernel that also reduces the bias gradient).
+    fused_gelu.py, whose backward is one kernel that also reduces the bias gradient). With
+    `defer_bias` it returns (x @ kernel, bias) for ResidualNorm to add with the residual.
 
     The kernel is created at its full rank, e.g. (D, 3, H, K), so its logical axis names (and so
     its sharding) can split heads; the output is in the compute dtype. With `fp8` the product is
@@ -117,9 +142,10 @@ class Projection(nn.Module):
     n_in: int = 1
     fp8: bool = False
     gelu: bool = False
+    defer_bias: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         in_shape = x.shape[-self.n_in:]
         kernel = self.param("kernel", _normal(self.std, self.kernel_axes),
                             in_shape + self.out_shape, jnp.float32)
@@ -133,6 +159,8 @@ class Projection(nn.Module):
             y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.n_in)
         if self.gelu:
             return bias_gelu(y, bias)
+        if self.defer_bias:
+            return y, bias
         return y + bias.astype(self.dtype)
 
 
@@ -141,7 +169,9 @@ class CausalSelfAttention(nn.Module):
     decode: bool = False  # keep keys/values of earlier positions in the "cache" collection
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array) -> jax.Array:
+    def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+        """The output projection's product and its bias, (y, bias), for ResidualNorm to add."""
         cfg = self.config
         # q, k and v in one matmul; the kernel keeps heads as an axis so tensor parallelism can
         # split heads without resharding (llm.c's c_attn is this kernel reshaped to (D, 3D)).
@@ -161,7 +191,7 @@ class CausalSelfAttention(nn.Module):
             y_BxTxHxK = jax.nn.dot_product_attention(
                 q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation=cfg.attention)
         return Projection((cfg.n_embd,), ("heads", "kv", "embed"), _residual_std(cfg), cfg.dtype,
-                          n_in=2, fp8=cfg.fp8, name="c_proj")(y_BxTxHxK)
+                          n_in=2, fp8=cfg.fp8, defer_bias=True, name="c_proj")(y_BxTxHxK)
 
     def _attend_with_cache(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
         """Append this call's keys/values at the cache's position, attend over all of them."""
@@ -183,7 +213,8 @@ class MLP(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    def __call__(self, x_BxTxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The output projection's product and its bias, (y, bias), for ResidualNorm to add."""
         cfg = self.config
         fused_gelu = cfg.gelu_kernel == "pallas" and cfg.mlp_act == "gelu_tanh"
         h_BxTxF = Projection((4 * cfg.n_embd,), ("embed", "mlp"), 0.02, cfg.dtype, fp8=cfg.fp8,
@@ -194,25 +225,35 @@ class MLP(nn.Module):
         elif not fused_gelu:
             h_BxTxF = nn.gelu(h_BxTxF, approximate=True)  # GPT-2's tanh approximation
         return Projection((cfg.n_embd,), ("mlp", "embed"), _residual_std(cfg), cfg.dtype,
-                          fp8=cfg.fp8, name="c_proj")(h_BxTxF)
+                          fp8=cfg.fp8, defer_bias=True, name="c_proj")(h_BxTxF)
+
+
+Branch = tuple[jax.Array, jax.Array]  # a branch's output and its bias, not yet added
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; the (carry, None) signature is what nn.scan wants (the
-    positions are broadcast to every layer, for rotary embeddings)."""
+    """Pre-norm transformer block. The carry is the residual stream and the previous branch's
+    output and bias, not yet added to it: each add happens in the ResidualNorm that normalizes
+    the sum, so the three can be one kernel. The (carry, None) signature is what nn.scan wants
+    (the positions are broadcast to every layer, for rotary embeddings)."""
 
     config: GPTConfig
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array) -> tuple[jax.Array, None]:
-        x_BxTxD = x_BxTxD + CausalSelfAttention(self.config, self.decode, name="attn")(
-            _norm(self.config, "ln_1")(x_BxTxD), positions_T)
-        x_BxTxD = x_BxTxD + MLP(self.config, name="mlp")(_norm(self.config, "ln_2")(x_BxTxD))
-        # Recorded only when "intermediates" is mutable (health.py); otherwise a no-op.
-        self.sow("intermediates", "residual_rms",
-                 jnp.sqrt(jnp.mean(jnp.square(x_BxTxD.astype(jnp.float32)))))
-        return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed")), None
+    def __call__(self, carry: tuple[jax.Array, Branch], positions_T: jax.Array
+                 ) -> tuple[tuple[jax.Array, Branch], None]:
+        x_BxTxD, branch = carry
+        x_BxTxD, h_BxTxD = ResidualNorm(self.config, name="ln_1")(x_BxTxD, branch)
+        branch = CausalSelfAttention(self.config, self.decode, name="attn")(h_BxTxD, positions_T)
+        x_BxTxD, h_BxTxD = ResidualNorm(self.config, name="ln_2")(x_BxTxD, branch)
+        (mlp_BxTxD, mlp_bias_D) = MLP(self.config, name="mlp")(h_BxTxD)
+        # Recorded only when "intermediates" is mutable (health.py); otherwise XLA drops it.
+        self.sow("intermediates", "residual_rms", jnp.sqrt(jnp.mean(jnp.square(
+            x_BxTxD.astype(jnp.float32) + mlp_BxTxD.astype(jnp.float32) + mlp_bias_D))))
+        x_BxTxD, mlp_BxTxD = (nn.with_logical_constraint(a, ("batch", "length", "embed"))
+                              for a in (x_BxTxD, mlp_BxTxD))
+        return (x_BxTxD, (mlp_BxTxD, mlp_bias_D)), None
 
 
 def _remat(block: type[nn.Module], policy_name: str, scan_unroll: int) -> type[nn.Module]:
@@ -363,7 +404,7 @@ class GPT(nn.Module):
             split_rngs={"params": True}, in_axes=nn.broadcast, length=cfg.n_layer,
             unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, self.decode)
-        self.ln_f = _norm(cfg, "ln_f")
+        self.ln_f = ResidualNorm(cfg)
         if self.decode:
             self.position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
 
@@ -379,11 +420,17 @@ class GPT(nn.Module):
             self.position.value = start + T
         positions_T = start + jnp.arange(T)
         x_BxTxD = embed(self.wte.embedding, tokens_BxT, self.config.dtype, "vocab")
+        # The position embeddings are the first "branch": the first norm adds them.
         if self.config.pos_emb == "learned":
-            x_BxTxD = x_BxTxD + embed(self.wpe.embedding, positions_T, self.config.dtype, None)
-        x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
-        x_BxTxD, _ = self.h(x_BxTxD, positions_T)
-        return self.ln_f(x_BxTxD)
+            pos_BxTxD = jnp.broadcast_to(
+                embed(self.wpe.embedding, positions_T, self.config.dtype, None), x_BxTxD.shape)
+        else:
+            pos_BxTxD = jnp.zeros_like(x_BxTxD)
+        x_BxTxD, pos_BxTxD = (nn.with_logical_constraint(a, ("batch", "length", "embed"))
+                              for a in (x_BxTxD, pos_BxTxD))
+        no_bias_D = jnp.zeros((self.config.n_embd,), jnp.float32)
+        x_BxTxD, branch = self.h((x_BxTxD, (pos_BxTxD, no_bias_D)), positions_T)[0]
+        return self.ln_f(x_BxTxD, branch)[1]
 
     def head_table(self) -> jax.Array:
         """The LM head's (V, D) weights: the token embedding when tied."""

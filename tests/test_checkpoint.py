@@ -14,7 +14,7 @@ import pytest
 from helpers import TINY
 from gpt2_jax import sharding
 from gpt2_jax.checkpoint import Checkpointer, load_trained
-from gpt2_jax.config import load_config, model_config
+from gpt2_jax.config import PALLAS_KERNEL_KEYS, load_config, model_config
 from gpt2_jax.errors import CheckpointError
 from gpt2_jax.model import GPT
 from gpt2_jax.optim import make_optimizer
@@ -199,9 +199,9 @@ def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path):
 
 @pytest.mark.parametrize("saved_kernel", ["pallas", None])
 def test_a_run_restores_on_many_devices_whatever_kernels_it_trained_with(tmp_path, saved_kernel):
-    """model.loss_kernel and model.gelu_kernel are speed choices: a run trained on one GPU with
-    both =pallas (or checkpointed before the keys existed, None) restores for evaluation on this
-    8-device mesh, where the one-device kernels cannot run."""
+    """The model's Pallas kernel keys are speed choices: a run trained on one GPU with all of
+    them =pallas (or checkpointed before the keys existed, None) restores for evaluation on this
+    8-device mesh, where the one-device loss kernel cannot run, with each chosen again."""
     c = load_config(None, [*TINY, "--config.mesh.data=1"])
     model, tx = GPT(model_config(c)), make_optimizer(c.optim, 10)
     mesh1 = sharding.make_mesh(c.mesh, jax.devices()[:1])
@@ -210,7 +210,7 @@ def test_a_run_restores_on_many_devices_whatever_kernels_it_trained_with(tmp_pat
         state = create_train_state(model, tx, state_shardings(model, tx, mesh1, window), seed=3,
                                    guard_window=window)
     with c.unlocked():
-        for key in ("loss_kernel", "gelu_kernel"):
+        for key in PALLAS_KERNEL_KEYS:
             if saved_kernel:
                 c.model[key] = saved_kernel
             else:
@@ -221,6 +221,6 @@ def test_a_run_restores_on_many_devices_whatever_kernels_it_trained_with(tmp_pat
 
     trained = load_trained(tmp_path)
     assert trained.mesh.size == 8
-    assert trained.model.config.loss_kernel == trained.model.config.gelu_kernel == "xla"
+    assert {getattr(trained.model.config, key) for key in PALLAS_KERNEL_KEYS} == {"xla"}
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(trained.params),
                  jax.device_get(state.params))

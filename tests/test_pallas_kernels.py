@@ -1,6 +1,7 @@
-"""What the two Pallas kernel choices (model.loss_kernel, model.gelu_kernel) share: the model
-trains the same with either value. On a mesh of several devices the GELU kernels run per device
-(sharding.per_device) and train the same as XLA's fusions; the loss kernel is refused there."""
+"""What the Pallas kernel choices (model.loss_kernel, gelu_kernel, norm_kernel) share: the model
+trains the same with either value. On a mesh of several devices the GELU and norm kernels run per
+device (sharding.per_device) and train the same as XLA's fusions; the loss kernel is refused
+there."""
 
 import jax
 import jax.numpy as jnp
@@ -9,17 +10,15 @@ import pytest
 from helpers import run_steps
 from jax.sharding import Mesh
 
-from gpt2_jax import fused_gelu, sharding
+from gpt2_jax import fused_gelu, fused_norm, sharding
+from gpt2_jax.config import PALLAS_KERNEL_KEYS
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
 from gpt2_jax.optim import make_optimizer
 from gpt2_jax.step import build_training
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
-KEYS = ["loss_kernel", "gelu_kernel"]
-
-
-@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("key", PALLAS_KERNEL_KEYS)
 def test_the_model_trains_the_same_with_either_kernel(key):
     tokens = jax.random.randint(jax.random.key(4), (2, 17), 0, VOCAB_SIZE)
     results = []
@@ -40,16 +39,17 @@ def test_the_loss_kernel_on_a_mesh_of_several_devices_is_refused(tiny_config):
         build_training(tiny_config("--config.model.loss_kernel=pallas"), mesh)
 
 
-def test_the_gelu_kernels_train_the_same_per_device_on_a_mesh(tiny_config):
-    """data x fsdp x tensor = 2 x 2 x 2: each device runs the kernels on its rows and its half of
-    the MLP width, and the bias gradient's partials are summed across devices."""
+def test_the_gelu_and_norm_kernels_train_the_same_per_device_on_a_mesh(tiny_config):
+    """data x fsdp x tensor = 2 x 2 x 2: each device runs the kernels on its rows (and the GELU
+    kernels on its half of the MLP width); the gradient partials are summed across devices."""
     mesh_overrides = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
                       "--config.train.total_batch_size=128")
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, VOCAB_SIZE, (1, 8, 17)) for _ in range(3)]
     runs = {}
     for kernel in ("xla", "pallas"):
-        c = tiny_config(*mesh_overrides, f"--config.model.gelu_kernel={kernel}")
+        c = tiny_config(*mesh_overrides, f"--config.model.gelu_kernel={kernel}",
+                        f"--config.model.norm_kernel={kernel}")
         mesh = sharding.make_mesh(c.mesh)
         _, runs[kernel], history = run_steps(c, mesh, make_optimizer(c.optim, 10), batches)
         runs[kernel + " losses"] = [float(m["loss"]) for m in history]
@@ -60,3 +60,4 @@ def test_the_gelu_kernels_train_the_same_per_device_on_a_mesh(tiny_config):
     z, b = jnp.ones((128, 128)), jnp.zeros((128,))
     with jax.set_mesh(mesh):
         assert "shard_map" in str(jax.make_jaxpr(fused_gelu.bias_gelu)(z, b))
+        assert "shard_map" in str(jax.make_jaxpr(fused_norm.add_layer_norm)(z, z, b, b, b))
