@@ -46,11 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
     # The loss after the LM head: auto (pallas on a single GPU, else xla) | pallas (llm.c's fused
     # classifier as a Pallas kernel, fused_classifier.py; one device, no softcap) | xla
     c.model.loss_kernel = "auto"
-    # The MLP's bias add and GELU: auto (pallas on a single GPU, else xla) | pallas (forward and
-    # backward as Pallas kernels, fused_gelu.py; on a mesh each device runs them on its shard,
-    # not yet measured there) | xla
+    # The MLP's bias add and GELU: auto (pallas on GPUs, else xla) | pallas (forward and backward
+    # as Pallas kernels, fused_gelu.py; on a mesh each device runs them on its shard) | xla
     c.model.gelu_kernel = "auto"
-    # The residual and bias adds and the LayerNorm after them: auto (pallas on a single GPU with
+    # The residual and bias adds and the LayerNorm after them: auto (pallas on GPUs with
     # model.norm=layernorm, else xla) | pallas (one Pallas kernel each way, fused_norm.py; on a
     # mesh each device runs them on its rows) | xla
     c.model.norm_kernel = "auto"
@@ -283,11 +282,13 @@ def check_tensor_parallelism(c: ml_collections.ConfigDict, tensor: int) -> None:
 
 def _kernel_choice(key: str, choice: str, backend: str, devices: int, usable: bool,
                    runs_per_device: bool) -> str:
-    """A Pallas kernel choice resolved. auto takes it on a single GPU where the model is `usable`
-    with it (on meshes it is not measured yet); an explicit pallas on several devices needs a
-    kernel that `runs_per_device` (sharding.per_device), else it is an error naming `key`."""
+    """A Pallas kernel choice resolved. auto takes it on GPUs where the model is `usable` with
+    it: on any mesh if it `runs_per_device` (sharding.per_device; measured faster on 2 GPUs),
+    else on a single GPU only. An explicit pallas on several devices needs a kernel that runs
+    per device, else it is an error naming `key`."""
     if choice == "auto":
-        return "pallas" if backend == "gpu" and usable and devices == 1 else "xla"
+        on_gpu = backend == "gpu" and usable
+        return "pallas" if on_gpu and (devices == 1 or runs_per_device) else "xla"
     _check(choice != "pallas" or devices == 1 or runs_per_device,
            f"model.{key}=pallas runs on one device (its kernel has no partitioning rule), "
            f"and this mesh has {devices}: use auto or xla")

@@ -47,10 +47,10 @@ def test_bf16_activations_keep_an_fp32_bias_gradient():
     np.testing.assert_allclose(db, want_db, rtol=1e-5, atol=1e-4)
 
 
-def test_auto_picks_pallas_on_one_gpu_with_gelu_only(tiny_config):
+def test_auto_picks_pallas_on_gpus_with_gelu_only(tiny_config):
     assert model_config(tiny_config(), backend="cpu").gelu_kernel == "xla"
     assert model_config(tiny_config(), backend="gpu", devices=1).gelu_kernel == "pallas"
-    assert model_config(tiny_config(), backend="gpu", devices=2).gelu_kernel == "xla"
+    assert model_config(tiny_config(), backend="gpu", devices=2).gelu_kernel == "pallas"
     assert model_config(tiny_config("--config.model.gelu_kernel=pallas"), backend="gpu",
                         devices=8).gelu_kernel == "pallas"  # runs per device on a mesh
     assert model_config(tiny_config("--config.model.mlp_act=relu2"), backend="gpu",

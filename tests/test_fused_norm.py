@@ -71,10 +71,10 @@ def test_bf16_activations_round_once_and_keep_fp32_parameter_gradients():
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-3)
 
 
-def test_auto_picks_pallas_on_one_gpu_with_layernorm_only(tiny_config):
+def test_auto_picks_pallas_on_gpus_with_layernorm_only(tiny_config):
     assert model_config(tiny_config(), backend="cpu").norm_kernel == "xla"
     assert model_config(tiny_config(), backend="gpu", devices=1).norm_kernel == "pallas"
-    assert model_config(tiny_config(), backend="gpu", devices=2).norm_kernel == "xla"
+    assert model_config(tiny_config(), backend="gpu", devices=2).norm_kernel == "pallas"
     assert model_config(tiny_config("--config.model.norm_kernel=pallas"), backend="gpu",
                         devices=8).norm_kernel == "pallas"  # runs per device on a mesh
     assert model_config(tiny_config("--config.model.norm=rmsnorm"), backend="gpu",
