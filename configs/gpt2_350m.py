@@ -9,9 +9,10 @@ def get_config():
     c.model.n_head = 16
     c.model.n_embd = 1024
     c.train.max_steps = 60000
-    # 32, not llm.c's 64: on an 80 GB H100 the unrolled step at 64 needs 71 GiB and runs 3.6%
-    # slower than at 32 (48.7 GiB); on a 141 GB H200, 64 is 1.8% faster (BENCHMARKS.md, runs o, p).
-    c.train.micro_batch_size = 32
+    # llm.c's 64: with the Pallas GELU and norm kernels it needs 72.1 GiB on an 80 GB H100 and
+    # runs 3.1% faster than 32 (39.3 GiB). Before those kernels 64 took 71 GiB and ran 3.6%
+    # slower (BENCHMARKS.md, runs ak and p); on a smaller card use 32.
+    c.train.micro_batch_size = 64
     c.train.total_batch_size = 524288
     # The layer loop fully unrolled, as measured best for 124M and 1558M (BENCHMARKS.md).
     c.model.scan_unroll = 24
