@@ -1,13 +1,14 @@
-"""The Pallas kernels alone on a GPU: the MLP's GELU (fused_gelu.py) and the fused classifier.
+"""The Pallas kernels alone on a GPU: the MLP's GELU (fused_gelu.py), the residual add +
+LayerNorm (fused_norm.py) and the fused classifier.
 
-    python benchmarks/pallas_kernels.py            # GELU against XLA's autodiff, the classifier
-    python benchmarks/pallas_kernels.py --sweep    # also the GELU backward's tile sweep
+    python benchmarks/pallas_kernels.py            # each against XLA, the classifier alone
+    python benchmarks/pallas_kernels.py --sweep    # also the GELU and norm backwards' tile sweeps
 
-For GPT-2 124M's and 1558M's MLP shapes (one micro-batch of 64 x 1024 and 16 x 1024 tokens) it
-checks the GELU kernels' gradients against fp32 autodiff and times forward + backward against
-XLA's autodiff of the bf16 GELU; then it times the classifier on one 124M micro-batch of bf16
+For GPT-2 124M's and 1558M's shapes (one micro-batch of 64 x 1024 and 16 x 1024 tokens) it checks
+the GELU and norm kernels' gradients against fp32 autodiff and times forward + backward against
+XLA's fusions of the bf16 formula; then it times the classifier on one 124M micro-batch of bf16
 logits (65,536 x 50,304), its buffer donated and fed back as the training step does. BENCHMARKS.md
-(runs x, aa, ag) has the figures and the sweep that chose the tiles.
+(runs x, aa, ag, ai-ak) has the figures and the sweeps that chose the tiles.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import time
 import jax
 import jax.numpy as jnp
 
-from gpt2_jax import fused_classifier, fused_gelu
+from gpt2_jax import fused_classifier, fused_gelu, fused_norm
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
 MLP_SHAPES = {"124M": (65536, 3072), "1558M": (16384, 6400)}
+NORM_SHAPES = {"124M": (65536, 768), "1558M": (16384, 1600)}
 
 
 def timed(fn, *args, n: int = 20) -> float:
@@ -78,6 +80,54 @@ def gelu(rows: int, width: int, sweep: bool) -> None:
               f"stages {tile[4]}")
 
 
+def xla_residual_norm(x, h, h_bias, gain, bias):
+    """What the model computes with norm_kernel=xla (model.ResidualNorm's LayerNorm)."""
+    s = x + (h + h_bias.astype(h.dtype))
+    s32 = s.astype(jnp.float32)
+    mean = jnp.mean(s32, axis=-1, keepdims=True)
+    var = jnp.maximum(jnp.mean(jnp.square(s32), axis=-1, keepdims=True) - jnp.square(mean), 0.0)
+    return s, ((s32 - mean) * (jax.lax.rsqrt(var + fused_norm.EPS) * gain) + bias).astype(s.dtype)
+
+
+def residual_norm(rows: int, width: int, sweep: bool) -> None:
+    keys = jax.random.split(jax.random.key(0), 7)
+    x, h, ds, dy = (jax.random.normal(k, (rows, width)).astype(jnp.bfloat16)
+                    for k in (keys[0], keys[1], keys[5], keys[6]))
+    vectors = [jax.random.normal(k, (width,)) * 0.1 + offset
+               for k, offset in zip(keys[2:5], (0.0, 1.0, 0.0))]
+
+    def with_gradients(f):
+        def run(*operands):
+            out, vjp = jax.vjp(f, *operands)
+            return out, vjp(tuple(c.astype(o.dtype) for c, o in zip((ds, dy), out)))
+        return jax.jit(run)
+
+    as32 = lambda a: a.astype(jnp.float32)  # noqa: E731
+    want = with_gradients(lambda *a: xla_residual_norm(*map(as32, a)))(x, h, *vectors)
+    kernels = with_gradients(fused_norm.add_layer_norm)
+    got = kernels(x, h, *vectors)
+    errors = [float(jnp.max(jnp.abs(as32(g) - w)) / jnp.max(jnp.abs(w)))
+              for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want))]
+    print(f"residual + LayerNorm {rows} x {width}: largest error relative to each output's "
+          f"largest value (s, y, d(x), d(h), d(h_bias), d(gain), d(bias)): "
+          + " ".join(f"{e:.1e}" for e in errors))
+    for name, f in (("XLA fusions", with_gradients(xla_residual_norm)), ("Pallas kernels", kernels)):
+        print(f"  {name}: forward + backward {timed(f, x, h, *vectors):.3f} ms")
+    if not sweep:
+        return
+    kept = fused_norm.GROUP_ROWS, fused_norm.NUM_STAGES
+    for fused_norm.GROUP_ROWS, fused_norm.NUM_STAGES in itertools.product((64, 128, 256),
+                                                                         (1, 2, 3)):
+        tiled = with_gradients(lambda *a: fused_norm.add_layer_norm(*a))  # a new function each
+        differs = max(float(jnp.max(jnp.abs(as32(a) - as32(b))))
+                      for a, b in zip(jax.tree.leaves(tiled(x, h, *vectors)),
+                                      jax.tree.leaves(got)))
+        print(f"  group {fused_norm.GROUP_ROWS} stages {fused_norm.NUM_STAGES}: "
+              f"{timed(tiled, x, h, *vectors):.3f} ms, largest difference from the kept tiling "
+              f"{differs:.2g}")
+    fused_norm.GROUP_ROWS, fused_norm.NUM_STAGES = kept
+
+
 def timed_feeding_back(fn, first, *args, n: int = 10) -> float:
     """Like timed(), for a fn that donates its first argument and returns its replacement."""
     value = fn(first, *args)
@@ -101,12 +151,13 @@ def classifier(rows: int = 65536, vocab: int = 50304) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", action="store_true", help="the GELU backward's tile sweep")
+    parser.add_argument("--sweep", action="store_true", help="the backwards' tile sweeps")
     args = parser.parse_args()
     print(jax.devices()[0].device_kind, "jax", jax.__version__)
     for size, (rows, width) in MLP_SHAPES.items():
         print(f"== {size}")
         gelu(rows, width, args.sweep)
+        residual_norm(*NORM_SHAPES[size], args.sweep)
     classifier()
 
 
