@@ -11,8 +11,8 @@ def get_config():
     c = base_config()  # already 124M: 12 layers, 12 heads, 768 channels, 524,288-token steps
     c.train.max_steps = 19073  # 10B tokens
     c.train.micro_batch_size = 64
-    # No recomputation: it fits (28.7 GiB at 64 x 1024 with the GELU kernels) and is fastest. On
-    # one H100, 65,536-token steps, measured before those kernels (31.5 GiB without remat):
+    # No recomputation: it fits (26.8 GiB at 64 x 1024 with the GELU and norm kernels) and is
+    # fastest. On one H100, 65,536-token steps, measured before them (31.5 GiB without remat):
     # dots_with_no_batch_dims_saveable 22.8 GiB at -11%, full 9.5 GiB at -17% (BENCHMARKS.md,
     # "Remat that acts when the loop is unrolled").
     c.model.remat = "none"

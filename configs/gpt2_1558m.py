@@ -12,8 +12,8 @@ def get_config():
     c.model.n_layer = 48
     c.model.n_head = 25
     c.model.n_embd = 1600
-    # No recomputation: 65.5 GiB at 16 x 1024 (with the GELU kernels) fits an 80 GB card and is
-    # fastest. For less memory, measured before those kernels (72.5 GiB without remat):
+    # No recomputation: 65.6 GiB at 16 x 1024 (with the GELU and norm kernels) fits an 80 GB card
+    # and is fastest. For less memory, measured before them (72.5 GiB without remat):
     # dots_with_no_batch_dims_saveable 52.0 GiB at -8%, full 33.8 GiB at -20% (one H100,
     # BENCHMARKS.md "Remat that acts when the loop is unrolled").
     c.model.remat = "none"

@@ -8,7 +8,7 @@ def get_config():
     c.model.n_layer = 36
     c.model.n_head = 20
     c.model.n_embd = 1280
-    # No recomputation: 67.5 GiB at 32 x 1024 with the GELU kernels (68.7 before them);
+    # No recomputation: 67.7 GiB at 32 x 1024 with the GELU and norm kernels (68.7 before them);
     # dots_with_no_batch_dims_saveable needed 49.0 GiB and ran 7.8% slower (one H100,
     # BENCHMARKS.md).
     c.model.remat = "none"
