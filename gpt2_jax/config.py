@@ -43,8 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.attention = "auto"  # auto (cudnn on GPU with bf16, else xla) | cudnn | xla
     c.model.remat = "none"  # activation recomputation: none | full | a jax.checkpoint_policies name
     c.model.logits_dtype = "float32"  # storage of the loss's logits: float32 | bfloat16 (softmax in fp32)
-    # The loss after the LM head: auto (pallas on a single GPU, else xla) | pallas (llm.c's fused
-    # classifier as a Pallas kernel, fused_classifier.py; one device, no softcap) | xla
+    # The loss after the LM head: auto (pallas on GPUs without tensor parallelism, else xla) |
+    # pallas (llm.c's fused classifier as a Pallas kernel, fused_classifier.py; on a mesh each
+    # device runs it on its rows, so mesh.tensor must be 1; no softcap) | xla
     c.model.loss_kernel = "auto"
     # The MLP's bias add and GELU: auto (pallas on GPUs, else xla) | pallas (forward and backward
     # as Pallas kernels, fused_gelu.py; on a mesh each device runs them on its shard) | xla
@@ -290,8 +291,8 @@ def _kernel_choice(key: str, choice: str, backend: str, devices: int, usable: bo
         on_gpu = backend == "gpu" and usable
         return "pallas" if on_gpu and (devices == 1 or runs_per_device) else "xla"
     _check(choice != "pallas" or devices == 1 or runs_per_device,
-           f"model.{key}=pallas runs on one device (its kernel has no partitioning rule), "
-           f"and this mesh has {devices}: use auto or xla")
+           f"model.{key}=pallas runs on each device's whole rows (its kernel has no partitioning "
+           f"rule), which this mesh of {devices} devices splits (mesh.tensor): use auto or xla")
     return choice
 
 
@@ -306,8 +307,9 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None,
     attention = m.attention
     if attention == "auto":
         attention = "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
+    # The loss kernel needs whole rows of logits: tensor parallelism splits the vocabulary.
     loss_kernel = _kernel_choice("loss_kernel", m.loss_kernel, backend, devices,
-                                 usable=not m.logit_softcap, runs_per_device=False)
+                                 usable=not m.logit_softcap, runs_per_device=c.mesh.tensor == 1)
     gelu_kernel = _kernel_choice("gelu_kernel", m.gelu_kernel, backend, devices,
                                  usable=m.mlp_act == "gelu_tanh", runs_per_device=True)
     norm_kernel = _kernel_choice("norm_kernel", m.norm_kernel, backend, devices,

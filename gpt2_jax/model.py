@@ -41,7 +41,7 @@ class GPTConfig:
     attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
     remat: str = "none"  # one of REMAT_CHOICES
     logits_dtype: str = "float32"  # dtype the loss's logits are stored in; softmax is always fp32
-    loss_kernel: str = "xla"  # the loss after the LM head: "xla" fusions or "pallas" (one device)
+    loss_kernel: str = "xla"  # the loss after the LM head: "xla" or "pallas" (per device, tensor=1)
     gelu_kernel: str = "xla"  # the MLP's bias + GELU: "xla" fusions or "pallas" (per device)
     norm_kernel: str = "xla"  # residual add + LayerNorm: "xla" fusions or "pallas" (per device)
     scan_unroll: int = 1  # layers per iteration of the layer loop (n_layer = fully unrolled)

@@ -89,10 +89,14 @@ def test_chunked_pallas_loss_equals_the_xla_loss():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_auto_picks_xla_off_gpu_and_pallas_refuses_a_softcap(tiny_config):
+def test_auto_picks_pallas_on_gpus_without_tensor_parallelism_and_refuses_a_softcap(tiny_config):
     assert model_config(tiny_config(), backend="cpu").loss_kernel == "xla"
     assert model_config(tiny_config("--config.model.loss_kernel=pallas"),
                         backend="cpu", devices=1).loss_kernel == "pallas"
+    assert model_config(tiny_config(), backend="gpu", devices=2).loss_kernel == "pallas"
+    split_vocabulary = tiny_config("--config.mesh.tensor=2")
+    assert model_config(split_vocabulary, backend="gpu", devices=2).loss_kernel == "xla"
+    assert model_config(split_vocabulary, backend="gpu", devices=1).loss_kernel == "pallas"
     with pytest.raises(ConfigError, match="model.loss_kernel=pallas has no logit softcap"):
         tiny_config("--config.model.loss_kernel=pallas", "--config.model.logit_softcap=15.0")
     with pytest.raises(ConfigError, match="model.loss_kernel must be auto, pallas or xla"):

@@ -1,7 +1,7 @@
 """What the Pallas kernel choices (model.loss_kernel, gelu_kernel, norm_kernel) share: the model
-trains the same with either value. On a mesh of several devices the GELU and norm kernels run per
-device (sharding.per_device) and train the same as XLA's fusions; the loss kernel is refused
-there."""
+trains the same with either value. On a mesh of several devices they run per device
+(sharding.per_device) and train the same as XLA's fusions; the loss kernel, which needs whole rows
+of logits, is refused where tensor parallelism splits the vocabulary."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ import pytest
 from helpers import run_steps
 from jax.sharding import Mesh
 
-from gpt2_jax import fused_gelu, fused_norm, sharding
+from gpt2_jax import fused_classifier, fused_gelu, fused_norm, sharding
 from gpt2_jax.config import PALLAS_KERNEL_KEYS
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
@@ -33,31 +33,48 @@ def test_the_model_trains_the_same_with_either_kernel(key):
                  pallas_grads, xla_grads)
 
 
-def test_the_loss_kernel_on_a_mesh_of_several_devices_is_refused(tiny_config):
-    mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
-    with pytest.raises(ConfigError, match="model.loss_kernel=pallas runs on one device .* has 2"):
-        build_training(tiny_config("--config.model.loss_kernel=pallas"), mesh)
+def test_the_loss_kernel_is_refused_where_tensor_parallelism_splits_the_vocabulary(tiny_config):
+    mesh = Mesh(np.array(jax.devices()[:2]).reshape(1, 1, 2), sharding.MESH_AXES)
+    with pytest.raises(ConfigError, match="model.loss_kernel=pallas runs on each device's whole "
+                                          "rows .* this mesh of 2 devices splits"):
+        build_training(tiny_config("--config.model.loss_kernel=pallas", "--config.mesh.data=1",
+                                   "--config.mesh.tensor=2"), mesh)
+
+
+def train_three_steps(tiny_config, mesh_overrides: tuple, kernel_overrides: tuple) -> dict:
+    """Losses and params after 3 steps on the mesh, once with XLA's fusions, once with the
+    kernels named (each =pallas)."""
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, VOCAB_SIZE, (1, 8, 17)) for _ in range(3)]
+    runs = {}
+    for kernel in ("xla", "pallas"):
+        c = tiny_config(*mesh_overrides, "--config.train.total_batch_size=128",
+                        *(f"--config.model.{key}={kernel}" for key in kernel_overrides))
+        mesh = sharding.make_mesh(c.mesh)
+        _, state, history = run_steps(c, mesh, make_optimizer(c.optim, 10), batches)
+        runs[kernel] = ([float(m["loss"]) for m in history], state.params)
+    np.testing.assert_allclose(runs["pallas"][0], runs["xla"][0], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 runs["pallas"][1], runs["xla"][1])
+    return mesh
 
 
 def test_the_gelu_and_norm_kernels_train_the_same_per_device_on_a_mesh(tiny_config):
     """data x fsdp x tensor = 2 x 2 x 2: each device runs the kernels on its rows (and the GELU
     kernels on its half of the MLP width); the gradient partials are summed across devices."""
-    mesh_overrides = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
-                      "--config.train.total_batch_size=128")
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, VOCAB_SIZE, (1, 8, 17)) for _ in range(3)]
-    runs = {}
-    for kernel in ("xla", "pallas"):
-        c = tiny_config(*mesh_overrides, f"--config.model.gelu_kernel={kernel}",
-                        f"--config.model.norm_kernel={kernel}")
-        mesh = sharding.make_mesh(c.mesh)
-        _, runs[kernel], history = run_steps(c, mesh, make_optimizer(c.optim, 10), batches)
-        runs[kernel + " losses"] = [float(m["loss"]) for m in history]
-    np.testing.assert_allclose(runs["pallas losses"], runs["xla losses"], rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 runs["pallas"].params, runs["xla"].params)
-
+    mesh = train_three_steps(tiny_config, ("--config.mesh.data=2", "--config.mesh.fsdp=2",
+                                           "--config.mesh.tensor=2"), ("gelu_kernel", "norm_kernel"))
     z, b = jnp.ones((128, 128)), jnp.zeros((128,))
     with jax.set_mesh(mesh):
         assert "shard_map" in str(jax.make_jaxpr(fused_gelu.bias_gelu)(z, b))
         assert "shard_map" in str(jax.make_jaxpr(fused_norm.add_layer_norm)(z, z, b, b, b))
+
+
+def test_every_kernel_trains_the_same_per_device_without_tensor_parallelism(tiny_config):
+    """data x fsdp = 4 x 2: the loss kernel too runs on each device's rows of logits."""
+    mesh = train_three_steps(tiny_config, ("--config.mesh.data=4", "--config.mesh.fsdp=2"),
+                             PALLAS_KERNEL_KEYS)
+    logits, targets = jnp.ones((16, 128)), jnp.zeros((16,), jnp.int32)
+    with jax.set_mesh(mesh):
+        assert "shard_map" in str(jax.make_jaxpr(
+            lambda l, t: fused_classifier.softmax_gradient(l, t, 100))(logits, targets))
