@@ -201,7 +201,7 @@ def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path):
 def test_a_run_restores_on_many_devices_whatever_kernels_it_trained_with(tmp_path, saved_kernel):
     """The model's Pallas kernel keys are speed choices: a run trained on one GPU with all of
     them =pallas (or checkpointed before the keys existed, None) restores for evaluation on this
-    8-device mesh, where the one-device loss kernel cannot run, with each chosen again."""
+    8-device CPU mesh with each chosen again for it (XLA's fusions off GPU)."""
     c = load_config(None, [*TINY, "--config.mesh.data=1"])
     model, tx = GPT(model_config(c)), make_optimizer(c.optim, 10)
     mesh1 = sharding.make_mesh(c.mesh, jax.devices()[:1])

@@ -1,6 +1,6 @@
 """The MLP's bias + GELU kernels (fused_gelu.py, run by Pallas' interpreter on CPU) against
-autodiff of the plain formula, and the config rules that say where they run
-(test_pallas_kernels.py has the model with either choice)."""
+autodiff of the plain formula (test_pallas_kernels.py has the model with either choice and the
+rules that say where the kernels run)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 
 from gpt2_jax import fused_gelu
-from gpt2_jax.config import model_config
-from gpt2_jax.errors import ConfigError
 
 
 def plain(z, b):
@@ -45,31 +43,3 @@ def test_bf16_activations_keep_an_fp32_bias_gradient():
         dy.astype(jnp.bfloat16).astype(jnp.float32))
     np.testing.assert_allclose(dz.astype(jnp.float32), want_dz, rtol=2 ** -8, atol=2e-5)
     np.testing.assert_allclose(db, want_db, rtol=1e-5, atol=1e-4)
-
-
-def test_auto_picks_pallas_on_gpus_with_gelu_only(tiny_config):
-    assert model_config(tiny_config(), backend="cpu").gelu_kernel == "xla"
-    assert model_config(tiny_config(), backend="gpu", devices=1).gelu_kernel == "pallas"
-    assert model_config(tiny_config(), backend="gpu", devices=2).gelu_kernel == "pallas"
-    assert model_config(tiny_config("--config.model.gelu_kernel=pallas"), backend="gpu",
-                        devices=8).gelu_kernel == "pallas"  # runs per device on a mesh
-    assert model_config(tiny_config("--config.model.mlp_act=relu2"), backend="gpu",
-                        devices=1).gelu_kernel == "xla"
-    with pytest.raises(ConfigError, match="model.gelu_kernel=pallas computes GELU"):
-        tiny_config("--config.model.gelu_kernel=pallas", "--config.model.mlp_act=relu2")
-    with pytest.raises(ConfigError, match="model.gelu_kernel must be auto, pallas or xla"):
-        tiny_config("--config.model.gelu_kernel=triton")
-
-
-def test_a_squared_relu_mlp_ignores_the_gelu_kernel():
-    """gelu_kernel names the kernel for GELU; with mlp_act=relu2 there is no GELU to run it on
-    (config.validate refuses the pair; a GPTConfig built directly must not apply both)."""
-    from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
-
-    tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, 50257)
-    losses = []
-    for kernel in ("xla", "pallas"):
-        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, mlp_act="relu2",
-                              gelu_kernel=kernel))
-        losses.append(next_token_loss(model, init_params(model, jax.random.key(0)), tokens))
-    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)

@@ -11,7 +11,7 @@ from helpers import run_steps
 from jax.sharding import Mesh
 
 from gpt2_jax import fused_classifier, fused_gelu, fused_norm, sharding
-from gpt2_jax.config import PALLAS_KERNEL_KEYS
+from gpt2_jax.config import PALLAS_KERNEL_KEYS, model_config
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
 from gpt2_jax.optim import make_optimizer
@@ -31,6 +31,40 @@ def test_the_model_trains_the_same_with_either_kernel(key):
     np.testing.assert_allclose(pallas_loss, xla_loss, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                  pallas_grads, xla_grads)
+
+
+@pytest.mark.parametrize("key, without_its_operation, refusal", [
+    ("gelu_kernel", ("mlp_act", "relu2"), "computes GELU"),
+    ("norm_kernel", ("norm", "rmsnorm"), "computes LayerNorm"),
+])
+def test_auto_picks_the_per_device_kernels_on_gpus_where_the_model_uses_them(
+        tiny_config, key, without_its_operation, refusal):
+    option, value = without_its_operation
+    without = f"--config.model.{option}={value}"
+    assert getattr(model_config(tiny_config(), backend="cpu"), key) == "xla"
+    for devices in (1, 2):
+        assert getattr(model_config(tiny_config(), backend="gpu", devices=devices), key) == "pallas"
+    assert getattr(model_config(tiny_config(f"--config.model.{key}=pallas"), backend="gpu",
+                                devices=8), key) == "pallas"
+    assert getattr(model_config(tiny_config(without), backend="gpu", devices=1), key) == "xla"
+    with pytest.raises(ConfigError, match=f"model.{key}=pallas {refusal}"):
+        tiny_config(f"--config.model.{key}=pallas", without)
+    with pytest.raises(ConfigError, match=f"model.{key} must be auto, pallas or xla"):
+        tiny_config(f"--config.model.{key}=triton")
+
+
+@pytest.mark.parametrize("key, without_its_operation", [("gelu_kernel", {"mlp_act": "relu2"}),
+                                                        ("norm_kernel", {"norm": "rmsnorm"})])
+def test_a_model_without_the_kernels_operation_ignores_it(key, without_its_operation):
+    """A kernel key names the kernel for GELU or LayerNorm; a model without that operation,
+    built directly with the key (config.validate refuses the pair), keeps its own."""
+    tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, VOCAB_SIZE)
+    losses = []
+    for kernel in ("xla", "pallas"):
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8,
+                              **without_its_operation, **{key: kernel}))
+        losses.append(next_token_loss(model, init_params(model, jax.random.key(0)), tokens))
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
 
 
 def test_the_loss_kernel_is_refused_where_tensor_parallelism_splits_the_vocabulary(tiny_config):
