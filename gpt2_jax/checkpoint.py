@@ -253,7 +253,8 @@ def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
                 # again for this mesh (and absent from checkpoints older than their keys).
                 for key in PALLAS_KERNEL_KEYS:
                     config.model[key] = "auto"
-                model = GPT(model_config(config, devices=mesh.size))
+                model = GPT(model_config(config, devices=mesh.size,
+                                         tensor=mesh.shape["tensor"]))
                 shardings = sharding.logical_sharding(param_logical_specs(model), mesh)
                 params = restore_params(directory, candidate, abstract_params(model, shardings))
                 return Trained(model, params, config, candidate, mesh)

@@ -297,11 +297,13 @@ def _kernel_choice(key: str, choice: str, backend: str, devices: int, usable: bo
 
 
 def model_config(c: ml_collections.ConfigDict, backend: str | None = None,
-                 devices: int | None = None) -> GPTConfig:
-    """The model's static config, with "auto" choices resolved for the backend in use and the
-    number of devices the model is sharded over (default: all of them)."""
+                 devices: int | None = None, tensor: int | None = None) -> GPTConfig:
+    """The model's static config, with "auto" choices resolved for the backend in use, the
+    number of devices the model is sharded over (default: all of them) and how many of them
+    its tensor-parallel axis spans (default: the config's mesh.tensor)."""
     backend = backend or jax.default_backend()
     devices = devices or jax.device_count()
+    tensor = c.mesh.tensor if tensor is None else tensor
     m = c.model
     dtype = m.dtype if m.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
     attention = m.attention
@@ -309,7 +311,7 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None,
         attention = "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
     # The loss kernel needs whole rows of logits: tensor parallelism splits the vocabulary.
     loss_kernel = _kernel_choice("loss_kernel", m.loss_kernel, backend, devices,
-                                 usable=not m.logit_softcap, runs_per_device=c.mesh.tensor == 1)
+                                 usable=not m.logit_softcap, runs_per_device=tensor == 1)
     gelu_kernel = _kernel_choice("gelu_kernel", m.gelu_kernel, backend, devices,
                                  usable=m.mlp_act == "gelu_tanh", runs_per_device=True)
     norm_kernel = _kernel_choice("norm_kernel", m.norm_kernel, backend, devices,

@@ -156,7 +156,7 @@ class Training:
 def build_training(c, mesh: Mesh, tx: optax.GradientTransformation | None = None) -> Training:
     """Everything the train step of config `c` needs on `mesh` (`tx` replaces the configured
     optimizer, for tests)."""
-    model = GPT(model_config(c, devices=mesh.size))
+    model = GPT(model_config(c, devices=mesh.size, tensor=mesh.shape["tensor"]))
     tx = tx or make_optimizer(c.optim, c.train.max_steps)
     window = c.stability.window
     shardings = state_shardings(model, tx, mesh, window, zero1=c.mesh.zero1)

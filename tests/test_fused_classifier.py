@@ -97,6 +97,10 @@ def test_auto_picks_pallas_on_gpus_without_tensor_parallelism_and_refuses_a_soft
     split_vocabulary = tiny_config("--config.mesh.tensor=2")
     assert model_config(split_vocabulary, backend="gpu", devices=2).loss_kernel == "xla"
     assert model_config(split_vocabulary, backend="gpu", devices=1).loss_kernel == "pallas"
+    # The mesh in use decides, not the config's: a training mesh built apart, or evaluation's.
+    assert model_config(tiny_config(), backend="gpu", devices=2, tensor=2).loss_kernel == "xla"
+    assert model_config(split_vocabulary, backend="gpu", devices=2,
+                        tensor=1).loss_kernel == "pallas"
     with pytest.raises(ConfigError, match="model.loss_kernel=pallas has no logit softcap"):
         tiny_config("--config.model.loss_kernel=pallas", "--config.model.logit_softcap=15.0")
     with pytest.raises(ConfigError, match="model.loss_kernel must be auto, pallas or xla"):
