@@ -83,8 +83,8 @@ def softmax_gradient(logits_NxV: jax.Array, targets_N: jax.Array, real_vocab_siz
     and in their buffer; log-sum-exp per row; the target's logit per row), both fp32. On a mesh,
     each device over its own rows."""
     rows, row = ("batch", None), ("batch",)
-    return sharding.per_device(functools.partial(_softmax_gradient, real_vocab_size=real_vocab_size),
-                               (rows, row), (rows, row, row))(logits_NxV, targets_N)
+    kernel = functools.partial(_softmax_gradient, real_vocab_size=real_vocab_size)
+    return sharding.per_device(kernel, (rows, row), (rows, row, row))(logits_NxV, targets_N)
 
 
 def _softmax_gradient(logits_NxV, targets_N, real_vocab_size):

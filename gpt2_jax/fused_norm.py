@@ -80,7 +80,8 @@ def _forward_kernel(x_ref, h_ref, hb_ref, g_ref, b_ref, s_ref, y_ref, mean_ref, 
     mean = jnp.sum(s, axis=1) / width
     centered = jnp.where(ok, s - mean[:, None], 0.0)
     rstd = jax.lax.rsqrt(jnp.sum(centered * centered, axis=1) / width + EPS)
-    y = centered * rstd[:, None] * _vector32(g_ref, width)[None, :] + _vector32(b_ref, width)[None, :]
+    gain, bias = _vector32(g_ref, width), _vector32(b_ref, width)
+    y = centered * rstd[:, None] * gain[None, :] + bias[None, :]
     plgpu.store(y_ref.at[index], y.astype(y_ref.dtype), mask=ok)
     plgpu.store(mean_ref.at[rows], mean, mask=row_ok)
     plgpu.store(rstd_ref.at[rows], rstd, mask=row_ok)
@@ -147,6 +148,9 @@ def add_layer_norm(x: jax.Array, h: jax.Array, h_bias: jax.Array, gain: jax.Arra
     branch and its bias are added, and the next branch's input, both in x's dtype; statistics in
     fp32, of s as stored. The branch's bias comes in apart so that its add, and its gradient's
     reduction, happen here rather than in passes of their own."""
+    if x.shape[-1] > MAX_WIDTH:
+        raise ValueError(f"fused_norm.add_layer_norm takes rows of at most {MAX_WIDTH} channels, "
+                         f"not {x.shape[-1]} (wider loads computed wrong values on an H100)")
     return _add_layer_norm(x, h.astype(x.dtype), h_bias, gain, bias)
 
 

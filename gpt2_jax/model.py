@@ -26,7 +26,6 @@ from gpt2_jax.fp8 import matmul as fp8_matmul
 # backward pass, anything else is a policy of `jax.checkpoint_policies` (what may be saved).
 REMAT_CHOICES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
                  "checkpoint_dots", "checkpoint_dots_with_no_batch_dims", "nothing_saveable")
-NORM_EPS = fused_norm.EPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +89,13 @@ class ResidualNorm(nn.Module):
         x_BxTxD = x_BxTxD + (branch_BxTxD + branch_bias_D.astype(branch_BxTxD.dtype))
         x32 = x_BxTxD.astype(jnp.float32)
         if bias is None:  # RMSNorm
-            rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + NORM_EPS)
+            rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + fused_norm.EPS)
             return x_BxTxD, (x32 * rstd * scale).astype(cfg.dtype)
         # One pass for both moments, as flax's LayerNorm (use_fast_variance) lets XLA fuse them.
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.maximum(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) - jnp.square(mean),
                           0.0)
-        return x_BxTxD, ((x32 - mean) * (jax.lax.rsqrt(var + NORM_EPS) * scale) + bias
+        return x_BxTxD, ((x32 - mean) * (jax.lax.rsqrt(var + fused_norm.EPS) * scale) + bias
                          ).astype(cfg.dtype)
 
 

@@ -77,3 +77,6 @@ def test_rows_wider_than_one_load_are_refused(tiny_config):
     assert model_config(tiny_config(*wide), backend="gpu", devices=1).norm_kernel == "xla"
     with pytest.raises(ConfigError, match="at most 8192 channels, and model.n_embd is 16384"):
         tiny_config("--config.model.norm_kernel=pallas", *wide)
+    row, vector = jnp.ones((1, 16384)), jnp.ones((16384,))
+    with pytest.raises(ValueError, match="at most 8192 channels, not 16384"):
+        fused_norm.add_layer_norm(row, row, vector, vector, vector)
