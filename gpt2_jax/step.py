@@ -33,7 +33,8 @@ def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh,
     (through the ZeRO-1 rules when `zero1`), scalars are replicated."""
     specs = param_logical_specs(model)
     params = sharding.logical_sharding(specs, mesh)
-    moments = sharding.logical_sharding(specs, mesh, sharding.optimizer_rules(zero1))
+    split_layers = model.config.n_layer % mesh.shape["data"] == 0
+    moments = sharding.logical_sharding(specs, mesh, sharding.optimizer_rules(zero1, split_layers))
     replicated = NamedSharding(mesh, P())
     # Partitioned optimizers (Muon's groups) hold MaskedNode placeholders where a group has no
     # state for a param: those stay as they are.

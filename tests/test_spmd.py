@@ -99,16 +99,22 @@ def test_muon_on_a_mesh_gives_the_single_device_update(mesh_shape, single_device
     assert muon_state.mu["h"]["mlp"]["c_fc"]["kernel"].sharding == kernel.sharding
 
 
-def test_zero1_shards_only_the_optimizer_state(single_device):
+@pytest.mark.parametrize("mesh_shape, mu_spec, mu_shard", [
+    # 2 layers over 8 devices do not split evenly: the moments split along "embed".
+    ((8, 1, 1), P(None, ("fsdp", "data"), "tensor"), (2, 32 // 8, 128)),
+    # 2 layers over data=2: each device holds whole layers; "embed" still splits over fsdp.
+    ((2, 4, 1), P("data", "fsdp", "tensor"), (1, 32 // 4, 128)),
+])
+def test_zero1_shards_only_the_optimizer_state(mesh_shape, mu_spec, mu_shard, single_device):
     _, expected_params, expected_history = single_device
-    state, params, history = train_on((8, 1, 1), zero1=True)
+    state, params, history = train_on(mesh_shape, zero1=True)
     np.testing.assert_allclose(history[-1]["loss"], expected_history[-1]["loss"], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), params, expected_params)
     kernel = state.params["h"]["mlp"]["c_fc"]["kernel"]
     mu = state.opt_state[1][0].mu["h"]["mlp"]["c_fc"]["kernel"]
-    assert kernel.is_fully_replicated
-    assert mu.sharding.spec == P(None, ("fsdp", "data"), "tensor")
-    assert mu.addressable_shards[0].data.shape == (2, 32 // 8, 128)
+    assert kernel.sharding.spec == P(None, "fsdp", "tensor")  # replicated over data
+    assert mu.sharding.spec == mu_spec
+    assert mu.addressable_shards[0].data.shape == mu_shard
 
 
 def compiled_step_hlo(*flags) -> str:
