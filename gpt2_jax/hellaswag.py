@@ -45,7 +45,7 @@ def find_or_download(path: str | None = None) -> Path:
             raise EvalDataError(
                 f"cannot download {URL} ({e}); offline, pass --hellaswag PATH to a copy of "
                 f"hellaswag_val.jsonl or place one at {cached}") from None
-        tmp = cached.with_suffix(".tmp")
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")  # each process its own (shared disks)
         tmp.write_bytes(data)
         tmp.replace(cached)
     return cached

@@ -1,4 +1,5 @@
 import json
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -30,6 +31,30 @@ def test_write_read_round_trip(tmp_path):
     np.testing.assert_array_equal(open_shard(tmp_path / "a.bin"), tokens)
     header = np.fromfile(tmp_path / "a.bin", dtype="<i4", count=256)
     assert list(header[:3]) == [20240520, 1, 1000] and not header[3:].any()
+
+
+def _write_many(path, tokens, times, barrier):
+    barrier.wait()
+    for _ in range(times):
+        write_shard(path, tokens)
+
+
+def test_processes_writing_the_same_shard_do_not_collide(tmp_path):
+    """Every process of a run prepares the shipped text's shards; on a shared disk they write
+    the same files at once. With one shared temp name, one process's rename found its temp file
+    already renamed by the other (FileNotFoundError, seen in the two-process test)."""
+    path, tokens = tmp_path / "s.bin", np.arange(1000)
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    writers = [ctx.Process(target=_write_many, args=(path, tokens, 1000, barrier))
+               for _ in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert [w.exitcode for w in writers] == [0, 0]
+    np.testing.assert_array_equal(open_shard(path), tokens)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.bin"]
 
 
 @pytest.mark.parametrize("corrupt, message", [
