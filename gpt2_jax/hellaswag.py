@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt2_jax import sharding, tokenizer
+from gpt2_jax import atomic, sharding, tokenizer
 from gpt2_jax.errors import EvalDataError
 from gpt2_jax.model import GPT, GPTConfig
 from gpt2_jax.progress import progress
@@ -45,9 +45,7 @@ def find_or_download(path: str | None = None) -> Path:
             raise EvalDataError(
                 f"cannot download {URL} ({e}); offline, pass --hellaswag PATH to a copy of "
                 f"hellaswag_val.jsonl or place one at {cached}") from None
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")  # each process its own (shared disks)
-        tmp.write_bytes(data)
-        tmp.replace(cached)
+        atomic.write_bytes(cached, data)
     return cached
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import jax
+
+from gpt2_jax import atomic
 
 # Dense bf16 tensor-core peaks, FLOP/s per device. llm.c uses 988.8 TFLOP/s for the H100 SXM
 # (and the H200 has the same chip), so our MFU compares directly with its figures.
@@ -78,9 +79,7 @@ def truncate_rows(workdir: str | Path, last_step: int) -> list[int]:
     if not path.exists():
         return []
     rows, torn = read_rows(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line, row in rows if row["step"] <= last_step))
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(line + "\n" for line, row in rows if row["step"] <= last_step))
     return torn
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2_jax import tokenizer
+from gpt2_jax import atomic, tokenizer
 from gpt2_jax.data.shards import write_shard
 from gpt2_jax.errors import DataError, UserError, exits_on_user_error
 from gpt2_jax.progress import progress
@@ -114,9 +114,7 @@ class ShardWriter:
         self._save_state()
 
     def _save_state(self) -> None:
-        path = self.out_dir / STATE_FILE
-        path.with_suffix(".tmp").write_text(json.dumps(self.state, indent=2) + "\n")
-        os.replace(path.with_suffix(".tmp"), path)
+        atomic.write_text(self.out_dir / STATE_FILE, json.dumps(self.state, indent=2) + "\n")
 
 
 def load_state(out_dir: Path, source: dict) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2_jax import atomic
 from gpt2_jax.errors import ShardError
 
 MAGIC = 20240520
@@ -21,20 +22,14 @@ HEADER_BYTES = HEADER_INTS * 4
 
 
 def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
-    """Write `tokens` as one shard, atomically (a temp file renamed into place). The temp file is
-    this process's own: processes of one run that prepare the same shard on a shared disk (the
-    shipped text, on every host) each rename a whole file, and the last one wins."""
+    """Write `tokens` as one shard, atomically: processes of one run that prepare the same shard
+    on a shared disk (the shipped text, on every host) each rename a whole file into place."""
     tokens = np.asarray(tokens)
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
         raise ValueError(f"{path}: token ids must fit in uint16 for shard version {VERSION}")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (MAGIC, VERSION, tokens.size)
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype("<u2").tobytes())
-    os.replace(tmp, path)
+    atomic.write_bytes(path, header.tobytes(), tokens.astype("<u2").tobytes())
 
 
 def read_token_count(path: str | os.PathLike) -> int:
