@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
 def write_bytes(path: str | os.PathLike, *chunks: bytes) -> None:
     """Write `chunks` to `path` through a temp file beside it, renamed into place. The temp file
     has a name no other writer holds (hosts share disks, and a PID alone is not unique across
-    them): processes writing the same file at once each rename a whole one, and the last wins."""
+    them): processes writing the same file at once each rename a whole one, and the last wins.
+    Unlike mkstemp's private files, it gets the usual permissions, so shards stay readable."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             for chunk in chunks:
                 f.write(chunk)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

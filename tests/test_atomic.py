@@ -16,3 +16,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
     atomic.write_bytes(path, b"new, ", b"whole\n")
     assert path.read_text() == "new, whole\n"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+    # Readable by others as a plain open() would leave it (shards on a shared disk).
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode == plain.stat().st_mode
