@@ -17,11 +17,13 @@ def cosine(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def test_quantize_maps_the_largest_magnitude_to_the_format_max_and_zero_stays_safe():
+def test_quantize_scales_by_a_power_of_two_that_fits_the_largest_magnitude():
     x = jnp.array([[-3.0, 0.5], [1.5, 0.001]])
     q, scale = fp8.quantize(x, fp8.E4M3)
     assert q.dtype == jnp.float8_e4m3fn
-    assert float(jnp.max(jnp.abs(q.astype(jnp.float32)))) == 448.0
+    assert float(scale) == 2.0 ** -7  # 3 / 448 rounded up to a power of two
+    largest = float(jnp.max(jnp.abs(q.astype(jnp.float32))))
+    assert 448.0 / 2 < largest <= 448.0
     np.testing.assert_allclose(q.astype(jnp.float32) * scale, x, rtol=0.07)  # 3 mantissa bits
     q0, scale0 = fp8.quantize(jnp.zeros((2, 2)), fp8.E5M2)
     assert float(scale0) == 1.0 and not np.any(np.asarray(q0.astype(jnp.float32)))
@@ -42,6 +44,19 @@ def test_matmul_and_its_gradients_follow_the_exact_product():
     assert cosine(dx, dx_ref) > 0.99 and cosine(dw, dw_ref) > 0.99
 
 
+def test_only_the_gradient_products_ask_for_precise_accumulation():
+    """XLA's FP8 GEMMs skip the fp32 promotion of partial sums at DEFAULT precision and keep it at
+    HIGHEST: the forward may take the fast path, the two gradient products (sums over every token
+    of a micro-batch for the weights) may not."""
+    x = jax.random.normal(jax.random.key(0), (8, 4), jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (4, 6))
+    loss = lambda a, b: jnp.sum(fp8.matmul(a, b, jnp.dtype(jnp.bfloat16)).astype(jnp.float32))
+    hlo = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, w).as_text()
+    precisions = re.findall(r"dot_general .*precision = \[(\w+), (\w+)\]", hlo)
+    assert sorted(precisions) == [("DEFAULT", "DEFAULT"), ("HIGHEST", "HIGHEST"),
+                                  ("HIGHEST", "HIGHEST")]
+
+
 def tiny(fp8_on: bool) -> GPT:
     return GPT(GPTConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=512, real_vocab_size=512,
                          block_size=64, dtype="bfloat16", fp8=fp8_on))
@@ -49,7 +64,7 @@ def tiny(fp8_on: bool) -> GPT:
 
 def test_fp8_model_matches_bf16_in_loss_and_gradients():
     """Tolerances: loss within 1% and each gradient leaf's direction within cosine 0.98 of bf16
-    (measured here: 1.4e-5 and >= 0.993)."""
+    (measured here: 7e-7 and >= 0.993)."""
     params = init_params(tiny(False), jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (8, 65), 0, 512)
     results = [jax.jit(jax.value_and_grad(lambda p, m=tiny(f): next_token_loss(m, p, tokens)))(params)
