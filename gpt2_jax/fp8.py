@@ -1,4 +1,4 @@
-"""FP8 matmuls for Hopper: e4m3 operands forward, e5m2 gradients backward, fp32 accumulation.
+"""FP8 matmuls for Hopper: e4m3 operands forward, e5m2 gradients backward.
 
 Per-tensor *current* scaling: each operand is divided by a power of two close to
 amax(|x|) / fp8_max just before the cast, so no scale state is carried between steps (nothing to
