@@ -45,7 +45,7 @@ def quantize(x: jax.Array, fp8_dtype) -> tuple[jax.Array, jax.Array]:
 def _scaled_dot(a, b, contract: tuple[int, int], scale: jax.Array, precision,
                 out_dtype) -> jax.Array:
     """(a . b) * scale in `out_dtype` for 2-D fp8 operands, contracting a's axis contract[0] with
-    b's contract[1]; the GEMM accumulates in fp32."""
+    b's contract[1]; fp32 accumulators, promoted or not as `precision` says (above)."""
     y = jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())),
                             precision=precision, preferred_element_type=out_dtype)
     return y * scale.astype(out_dtype)
