@@ -126,19 +126,23 @@ def eval_batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(("data", "fsdp"), None))
 
 
-def axis_rules():
-    """Context in which the model's logical activation constraints take effect (inside jit)."""
-    return nn.logical_axis_rules(LOGICAL_AXIS_RULES)
+def axis_rules(all_manual: bool = False):
+    """Context in which the model's logical activation constraints take effect (inside jit).
+    `all_manual`: inside a shard_map manual over every mesh axis, where each device works on its
+    own rows and nothing is split further, so every logical axis maps to no mesh axis."""
+    return nn.logical_axis_rules(tuple((name, None) for name, _ in LOGICAL_AXIS_RULES)
+                                 if all_manual else LOGICAL_AXIS_RULES)
 
 
 def per_device(fn: Callable, in_axes: tuple, out_axes) -> Callable:
     """`fn` applied to each device's shard of its operands: for kernels that have no SPMD
     partitioning rule (the Pallas ones), a shard_map over the mesh in context (`jax.set_mesh`),
     operands' and results' shardings named as logical axes and resolved by the rules table.
-    `fn` itself without a mesh of several devices in context, or for operands the mesh does not
-    divide (the 1-token trace that builds the params)."""
+    `fn` itself without a mesh of several devices in context, inside a shard_map already manual
+    over the whole mesh, or for operands the mesh does not divide (the 1-token trace that builds
+    the params)."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
+    if mesh.empty or mesh.size == 1 or mesh.are_all_axes_manual:
         return fn
 
     def spec(axes: tuple) -> P:

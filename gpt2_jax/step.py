@@ -33,8 +33,8 @@ def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh,
     (through the ZeRO-1 rules when `zero1`), scalars are replicated."""
     specs = param_logical_specs(model)
     params = sharding.logical_sharding(specs, mesh)
-    split_layers = model.config.n_layer % mesh.shape["data"] == 0
-    moments = sharding.logical_sharding(specs, mesh, sharding.optimizer_rules(zero1, split_layers))
+    moments = sharding.logical_sharding(
+        specs, mesh, sharding.optimizer_rules(zero1, zero1_splits_layers(model, mesh)))
     replicated = NamedSharding(mesh, P())
     # Partitioned optimizers (Muon's groups) hold MaskedNode placeholders where a group has no
     # state for a param: those stay as they are.
@@ -87,9 +87,14 @@ def stack_layers(tree: Any, stacked: Any) -> Any:
     return jax.tree.map(lambda s, x: jnp.stack(x) if s else x, stacked, tree)
 
 
+def zero1_splits_layers(model: GPT, mesh: Mesh) -> bool:
+    """Whether ZeRO-1 splits the stacked blocks by whole layers: the data axis divides n_layer."""
+    return model.config.n_layer % mesh.shape["data"] == 0
+
+
 def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     loss_chunk_size: int, grad_shardings: Any, loss_zscore: float = 0.0,
-                    grad_zscore: float = 0.0) -> Callable:
+                    grad_zscore: float = 0.0, scatter_layers: bool = False) -> Callable:
     """(state, tokens[accum, batch, T+1]) -> (state, metrics); accumulates inside one jit.
 
     The outlier guard (stability.py) decides in the same jit whether the update is applied.
@@ -100,27 +105,67 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: opta
     gradients are accumulated layer by layer and stacked once, after the loop: summed into
     stacked accumulators, every micro-step also concatenated the layers' gradients in a slow
     pass of its own (1558M: ~7 ms per micro-step on an H200; +0.5% tok/s on an H100 without it).
+
+    On a mesh split along `data` only (data parallelism, ZeRO-1) the micro-step loop runs per
+    device, in a shard_map manual over the whole mesh: each device sums its own rows' gradients,
+    and the sums are reduced once per step, in the compute dtype, as llm.c does, instead of an
+    all-reduce in every micro-step. With `scatter_layers` (ZeRO-1 moments split by whole layers)
+    the blocks' sums are reduce-scattered: each device gets the layers it updates. Meshes that
+    also split along fsdp or tensor keep the partitioner's per-micro-step collectives: manual
+    over `data` alone, XLA's SPMD partitioner (jax 0.10.2) aborted with a tensor axis, and
+    cuDNN attention's custom partitioning failed on GPU (jax 0.11.2).
     """
     stacked = stacked_leaves(model)
-    per_layer_shardings = jax.tree.map(
-        lambda s, sh: (NamedSharding(sh.mesh, P(*sh.spec[1:])),) * model.config.n_layer
-        if s else sh, stacked, grad_shardings)
+    per_layer_specs = jax.tree.map(
+        lambda s, sh: (P(*sh.spec[1:]),) * model.config.n_layer if s else sh.spec,
+        stacked, grad_shardings)
+    reduce_dtype = jnp.dtype(model.config.dtype)
 
-    def constrain(grads):
-        return jax.lax.with_sharding_constraint(grads, per_layer_shardings)
+    def summed_gradients(params, tokens_AxBxT1, all_manual=False):
+        """The sum of the micro-steps' gradients (in the params' layout) and their losses;
+        `all_manual`: run per device, where no layout is left to constrain."""
+        def constrain(grads):
+            return grads if all_manual else jax.lax.with_sharding_constraint(grads, per_layer_specs)
 
-    def train_step(state: TrainState, tokens_AxBxT1: jax.Array):
-        with sharding.axis_rules():
+        with sharding.axis_rules(all_manual):
             def micro_step(grad_sum, tokens_BxT1):
                 loss, grads = jax.value_and_grad(next_token_loss, argnums=1)(
-                    model, state.params, tokens_BxT1, loss_chunk_size)
+                    model, params, tokens_BxT1, loss_chunk_size)
                 grads = unstack_layers(grads, stacked)
                 return constrain(jax.tree.map(jnp.add, grad_sum, grads)), loss
 
-            zeros = constrain(unstack_layers(jax.tree.map(jnp.zeros_like, state.params), stacked))
+            zeros = constrain(unstack_layers(jax.tree.map(jnp.zeros_like, params), stacked))
             grad_sum, losses_A = jax.lax.scan(micro_step, zeros, tokens_AxBxT1)
-            grad_sum = jax.lax.with_sharding_constraint(
-                stack_layers(constrain(grad_sum), stacked), grad_shardings)
+            return stack_layers(constrain(grad_sum), stacked), losses_A
+
+    def reduced_over_data(params, tokens_AxBxT1):
+        """summed_gradients on each device's rows, reduced across `data` once."""
+        def reduce(scatter, g):
+            # Each device's loss is the mean over its rows: the step's is their mean.
+            g_low = (g / jax.lax.axis_size("data")).astype(reduce_dtype)
+            g_low = (jax.lax.psum_scatter(g_low, "data", scatter_dimension=0, tiled=True)
+                     if scatter else jax.lax.psum(g_low, "data"))
+            return g_low.astype(g.dtype)
+
+        def local(params, tokens_AxBxT1):
+            grad_sum, losses_A = summed_gradients(params, tokens_AxBxT1, all_manual=True)
+            scatter = jax.tree.map(lambda s: s and scatter_layers, stacked)
+            return (jax.tree.map(reduce, scatter, grad_sum),
+                    jax.lax.pmean(losses_A, "data"))
+
+        out_specs = (jax.tree.map(lambda s: P("data") if s and scatter_layers else P(), stacked),
+                     P())
+        return jax.shard_map(local, in_specs=(P(), P(None, "data", None)), out_specs=out_specs,
+                             check_vma=False)(params, tokens_AxBxT1)
+
+    def train_step(state: TrainState, tokens_AxBxT1: jax.Array):
+        mesh_shape = jax.sharding.get_abstract_mesh().shape
+        if mesh_shape.get("data", 1) > 1 and all(
+                size == 1 for name, size in mesh_shape.items() if name != "data"):
+            grad_sum, losses_A = reduced_over_data(state.params, tokens_AxBxT1)
+        else:
+            grad_sum, losses_A = summed_gradients(state.params, tokens_AxBxT1)
+            grad_sum = jax.lax.with_sharding_constraint(grad_sum, grad_shardings)
         grads = jax.tree.map(lambda g: g / tokens_AxBxT1.shape[0], grad_sum)
         loss, grad_norm = jnp.mean(losses_A), optax.tree.norm(grads)
         skip, guard, guard_metrics = stability.assess(state.guard, loss, grad_norm,
@@ -188,5 +233,6 @@ def build_training(c, mesh: Mesh, tx: optax.GradientTransformation | None = None
     shardings = state_shardings(model, tx, mesh, window, zero1=c.mesh.zero1)
     step = make_train_step(model, tx, lr_schedule(c.optim, c.train.max_steps),
                            c.train.loss_chunk_size, shardings.params, c.stability.loss_zscore,
-                           c.stability.grad_zscore)
+                           c.stability.grad_zscore,
+                           scatter_layers=c.mesh.zero1 and zero1_splits_layers(model, mesh))
     return Training(model, tx, shardings, jit_train_step(step, shardings, mesh), window)

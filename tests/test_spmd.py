@@ -178,6 +178,30 @@ def test_zero1_gathers_the_params_once_per_step_not_per_micro_step():
     assert 0 < len(re.findall(r" all-gather(?:-start)?\(", hlo)) <= n_params
 
 
+def loop_body_collectives(hlo: str) -> list[str]:
+    """The collectives inside any while loop's body (the micro-step loop and the layer loops)."""
+    bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo))
+    found, current = [], None
+    for line in hlo.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header:
+            current = header.group(1)
+        elif current in bodies:
+            found += re.findall(r" (all-reduce|reduce-scatter|all-gather)(?:-start)?\(", line)
+    return found
+
+
+@pytest.mark.parametrize("zero1", [False, True])
+def test_gradients_cross_the_data_axis_once_per_step_not_per_micro_step(zero1):
+    """Over `data`, each device sums its own micro-steps' gradients, and the sums are reduced once
+    after the loop (all-reduced, or with ZeRO-1 reduce-scattered by layers), as llm.c does: no
+    collective inside the micro-step loop. Before, every micro-step all-reduced the gradient."""
+    hlo = compiled_step_hlo("--config.mesh.data=2", f"--config.mesh.zero1={zero1}")  # 4 micro-steps
+    assert "while(" in hlo and loop_body_collectives(hlo) == []
+    reductions = re.findall(r" (all-reduce|reduce-scatter)(?:-start)?\(", hlo)
+    assert ("reduce-scatter" in reductions) == zero1 and reductions
+
+
 def test_micro_steps_accumulate_layer_gradients_without_concatenating_them():
     """The blocks' params are stacked on a "layers" axis, so their gradient is a concatenation
     of the layers' gradients. Accumulated into stacked sums, every micro-step ran that
