@@ -121,6 +121,7 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: opta
         lambda s, sh: (P(*sh.spec[1:]),) * model.config.n_layer if s else sh.spec,
         stacked, grad_shardings)
     reduce_dtype = jnp.dtype(model.config.dtype)
+    scattered = jax.tree.map(lambda s: s and scatter_layers, stacked)  # reduce-scattered by layers
 
     def summed_gradients(params, tokens_AxBxT1, all_manual=False):
         """The sum of the micro-steps' gradients (in the params' layout) and their losses;
@@ -150,12 +151,10 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: opta
 
         def local(params, tokens_AxBxT1):
             grad_sum, losses_A = summed_gradients(params, tokens_AxBxT1, all_manual=True)
-            scatter = jax.tree.map(lambda s: s and scatter_layers, stacked)
-            return (jax.tree.map(reduce, scatter, grad_sum),
+            return (jax.tree.map(reduce, scattered, grad_sum),
                     jax.lax.pmean(losses_A, "data"))
 
-        out_specs = (jax.tree.map(lambda s: P("data") if s and scatter_layers else P(), stacked),
-                     P())
+        out_specs = (jax.tree.map(lambda s: P("data") if s else P(), scattered), P())
         return jax.shard_map(local, in_specs=(P(), P(None, "data", None)), out_specs=out_specs,
                              check_vma=False)(params, tokens_AxBxT1)
 
