@@ -18,7 +18,7 @@ import json
 import re
 from pathlib import Path
 
-from gpt2_jax.bench import timed_windows
+from gpt2_jax.bench.train import timed_windows
 
 # llm.c prints -100% MFU on a GPU it has no peak figure for (H200): that MFU is unknown.
 STEP = re.compile(r"step\s+(\d+)/\d+ \|.*\| ([\d.]+) ms \| (-?[\d.]+)% bf16 MFU")

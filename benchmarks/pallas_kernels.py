@@ -1,5 +1,5 @@
-"""The Pallas kernels alone on a GPU: the MLP's GELU (fused_gelu.py), the residual add +
-LayerNorm (fused_norm.py) and the fused classifier.
+"""The Pallas kernels alone on a GPU: the MLP's GELU (ops/gelu_kernel.py), the residual add +
+LayerNorm (ops/norm_kernel.py) and the fused classifier.
 
     python benchmarks/pallas_kernels.py            # each against XLA, the classifier alone
     python benchmarks/pallas_kernels.py --sweep    # also the GELU and norm backwards' tile sweeps
@@ -20,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from gpt2_jax import fused_classifier, fused_gelu, fused_norm
+from gpt2_jax.ops import gelu_kernel, loss_kernel, norm_kernel
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
 MLP_SHAPES = {"124M": (65536, 3072), "1558M": (16384, 6400)}
@@ -49,32 +49,32 @@ def gelu(rows: int, width: int, sweep: bool) -> None:
     dy = jax.random.normal(kd, (rows, width)).astype(jnp.bfloat16)
     want = jax.jit(lambda z, b: jax.vjp(xla_gelu, z.astype(jnp.float32), b)[1](
         dy.astype(jnp.float32)))(z, b)
-    got = jax.jit(lambda z, b: jax.vjp(fused_gelu.bias_gelu, z, b)[1](dy))(z, b)
+    got = jax.jit(lambda z, b: jax.vjp(gelu_kernel.bias_gelu, z, b)[1](dy))(z, b)
     print(f"GELU {rows} x {width}: d(z) max error "
           f"{float(jnp.max(jnp.abs(got[0].astype(jnp.float32) - want[0]))):.4f} (values up to "
           f"{float(jnp.max(jnp.abs(want[0]))):.1f}), d(b) relative error "
           f"{float(jnp.max(jnp.abs(got[1] - want[1])) / jnp.max(jnp.abs(want[1]))):.1e}")
-    for name, f in (("XLA autodiff", xla_gelu), ("Pallas kernels", fused_gelu.bias_gelu)):
+    for name, f in (("XLA autodiff", xla_gelu), ("Pallas kernels", gelu_kernel.bias_gelu)):
         step = jax.jit(lambda z, b, dy, f=f: (lambda y, vjp: (y, vjp(dy)))(*jax.vjp(f, z, b)))
         print(f"  {name}: forward + backward {timed(step, z, b, dy):.3f} ms")
     moved = 3 * z.size * z.dtype.itemsize
-    print(f"  backward alone: {timed(jax.jit(fused_gelu.bias_gelu_backward), z, b, dy):.3f} ms "
+    print(f"  backward alone: {timed(jax.jit(gelu_kernel.bias_gelu_backward), z, b, dy):.3f} ms "
           f"({moved / 1e9:.2f} GB; {moved / 3.0e12 * 1e3:.3f} ms at 3.0 TB/s)")
     if not sweep:
         return
-    kept = (fused_gelu.BLOCK_ROWS, fused_gelu.BLOCK_COLS, fused_gelu.GROUP_ROWS,
-            fused_gelu.NUM_WARPS, fused_gelu.NUM_STAGES)
+    kept = (gelu_kernel.BLOCK_ROWS, gelu_kernel.BLOCK_COLS, gelu_kernel.GROUP_ROWS,
+            gelu_kernel.NUM_WARPS, gelu_kernel.NUM_STAGES)
     results = []
     for tile in itertools.product((16, 32, 64), (128, 256, 512), (256, 1024), (4, 8), (1, 2, 3)):
         if tile[0] * tile[1] > 32768:
             continue
-        (fused_gelu.BLOCK_ROWS, fused_gelu.BLOCK_COLS, fused_gelu.GROUP_ROWS,
-         fused_gelu.NUM_WARPS, fused_gelu.NUM_STAGES) = tile
+        (gelu_kernel.BLOCK_ROWS, gelu_kernel.BLOCK_COLS, gelu_kernel.GROUP_ROWS,
+         gelu_kernel.NUM_WARPS, gelu_kernel.NUM_STAGES) = tile
         # A new function each time: jit caches by function, and the tile is read at trace time.
-        results.append((timed(jax.jit(lambda z, b, dy: fused_gelu.bias_gelu_backward(z, b, dy)),
+        results.append((timed(jax.jit(lambda z, b, dy: gelu_kernel.bias_gelu_backward(z, b, dy)),
                               z, b, dy), tile))
-    (fused_gelu.BLOCK_ROWS, fused_gelu.BLOCK_COLS, fused_gelu.GROUP_ROWS,
-     fused_gelu.NUM_WARPS, fused_gelu.NUM_STAGES) = kept
+    (gelu_kernel.BLOCK_ROWS, gelu_kernel.BLOCK_COLS, gelu_kernel.GROUP_ROWS,
+     gelu_kernel.NUM_WARPS, gelu_kernel.NUM_STAGES) = kept
     for ms, tile in sorted(results)[:8]:
         print(f"  {ms:.3f} ms: rows {tile[0]} cols {tile[1]} group {tile[2]} warps {tile[3]} "
               f"stages {tile[4]}")
@@ -86,7 +86,7 @@ def xla_residual_norm(x, h, h_bias, gain, bias):
     s32 = s.astype(jnp.float32)
     mean = jnp.mean(s32, axis=-1, keepdims=True)
     var = jnp.maximum(jnp.mean(jnp.square(s32), axis=-1, keepdims=True) - jnp.square(mean), 0.0)
-    return s, ((s32 - mean) * (jax.lax.rsqrt(var + fused_norm.EPS) * gain) + bias).astype(s.dtype)
+    return s, ((s32 - mean) * (jax.lax.rsqrt(var + norm_kernel.EPS) * gain) + bias).astype(s.dtype)
 
 
 def residual_norm(rows: int, width: int, sweep: bool) -> None:
@@ -104,7 +104,7 @@ def residual_norm(rows: int, width: int, sweep: bool) -> None:
 
     as32 = lambda a: a.astype(jnp.float32)  # noqa: E731
     want = with_gradients(lambda *a: xla_residual_norm(*map(as32, a)))(x, h, *vectors)
-    kernels = with_gradients(fused_norm.add_layer_norm)
+    kernels = with_gradients(norm_kernel.add_layer_norm)
     got = kernels(x, h, *vectors)
     errors = [float(jnp.max(jnp.abs(as32(g) - w)) / jnp.max(jnp.abs(w)))
               for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want))]
@@ -115,17 +115,17 @@ def residual_norm(rows: int, width: int, sweep: bool) -> None:
         print(f"  {name}: forward + backward {timed(f, x, h, *vectors):.3f} ms")
     if not sweep:
         return
-    kept = fused_norm.GROUP_ROWS, fused_norm.NUM_STAGES
-    for fused_norm.GROUP_ROWS, fused_norm.NUM_STAGES in itertools.product((64, 128, 256),
+    kept = norm_kernel.GROUP_ROWS, norm_kernel.NUM_STAGES
+    for norm_kernel.GROUP_ROWS, norm_kernel.NUM_STAGES in itertools.product((64, 128, 256),
                                                                          (1, 2, 3)):
-        tiled = with_gradients(lambda *a: fused_norm.add_layer_norm(*a))  # a new function each
+        tiled = with_gradients(lambda *a: norm_kernel.add_layer_norm(*a))  # a new function each
         differs = max(float(jnp.max(jnp.abs(as32(a) - as32(b))))
                       for a, b in zip(jax.tree.leaves(tiled(x, h, *vectors)),
                                       jax.tree.leaves(got)))
-        print(f"  group {fused_norm.GROUP_ROWS} stages {fused_norm.NUM_STAGES}: "
+        print(f"  group {norm_kernel.GROUP_ROWS} stages {norm_kernel.NUM_STAGES}: "
               f"{timed(tiled, x, h, *vectors):.3f} ms, largest difference from the kept tiling "
               f"{differs:.2g}")
-    fused_norm.GROUP_ROWS, fused_norm.NUM_STAGES = kept
+    norm_kernel.GROUP_ROWS, norm_kernel.NUM_STAGES = kept
 
 
 def timed_feeding_back(fn, first, *args, n: int = 10) -> float:
@@ -142,7 +142,7 @@ def timed_feeding_back(fn, first, *args, n: int = 10) -> float:
 def classifier(rows: int = 65536, vocab: int = 50304) -> None:
     targets = jax.random.randint(jax.random.key(1), (rows,), 0, VOCAB_SIZE)
     logits = (jax.random.normal(jax.random.key(0), (rows, vocab), jnp.bfloat16) * 2)
-    kernel = jax.jit(lambda l, t: fused_classifier.softmax_gradient(l, t, VOCAB_SIZE)[0],
+    kernel = jax.jit(lambda l, t: loss_kernel.softmax_gradient(l, t, VOCAB_SIZE)[0],
                      donate_argnums=0)
     print(f"fused classifier {rows} x {vocab} bf16: "
           f"{timed_feeding_back(kernel, logits, targets):.3f} ms "

@@ -18,7 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gpt2_jax.errors import ConfigError
-from gpt2_jax.fused_norm import MAX_WIDTH as NORM_KERNEL_WIDTH
+from gpt2_jax.ops.norm_kernel import MAX_WIDTH as NORM_KERNEL_WIDTH
 from gpt2_jax.model import REMAT_CHOICES, GPTConfig
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
@@ -44,14 +44,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = "none"  # activation recomputation: none | full | a jax.checkpoint_policies name
     c.model.logits_dtype = "float32"  # storage of the loss's logits: float32 | bfloat16 (softmax in fp32)
     # The loss after the LM head: auto (pallas on GPUs without tensor parallelism, else xla) |
-    # pallas (llm.c's fused classifier as a Pallas kernel, fused_classifier.py; on a mesh each
+    # pallas (llm.c's fused classifier as a Pallas kernel, ops/loss_kernel.py; on a mesh each
     # device runs it on its rows, so mesh.tensor must be 1; no softcap) | xla
     c.model.loss_kernel = "auto"
     # The MLP's bias add and GELU: auto (pallas on GPUs, else xla) | pallas (forward and backward
-    # as Pallas kernels, fused_gelu.py; on a mesh each device runs them on its shard) | xla
+    # as Pallas kernels, ops/gelu_kernel.py; on a mesh each device runs them on its shard) | xla
     c.model.gelu_kernel = "auto"
     # The residual and bias adds and the LayerNorm after them: auto (pallas on GPUs with
-    # model.norm=layernorm, else xla) | pallas (one Pallas kernel each way, fused_norm.py; on a
+    # model.norm=layernorm, else xla) | pallas (one Pallas kernel each way, ops/norm_kernel.py; on a
     # mesh each device runs them on its rows) | xla
     c.model.norm_kernel = "auto"
     c.model.scan_unroll = 1  # layers per iteration of the compiled layer loop (n_layer = unrolled)

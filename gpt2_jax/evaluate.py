@@ -13,14 +13,15 @@ from pathlib import Path
 
 import jax
 
-from gpt2_jax import hellaswag, tokenizer
-from gpt2_jax.checkpoint import Trained, load_trained
+from gpt2_jax import tokenizer
+from gpt2_jax.evaluation import hellaswag
+from gpt2_jax.training.checkpoint import Trained, load_trained
 from gpt2_jax.data.sources import data_files, validation_batches
-from gpt2_jax.decoding import decode_samples, generate
+from gpt2_jax.inference.decoding import decode_samples, generate
 from gpt2_jax.errors import EvalDataError, exits_on_user_error
-from gpt2_jax.metrics import MetricsLog
-from gpt2_jax.sharding import BatchLayout
-from gpt2_jax.step import make_evaluator
+from gpt2_jax.training.metrics import MetricsLog
+from gpt2_jax.parallel.sharding import BatchLayout
+from gpt2_jax.training.step import make_evaluator
 
 
 def validation_loss(trained: Trained, workdir: Path, max_batches: int) -> float:

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from gpt2_jax import tokenizer
-from gpt2_jax.checkpoint import load_trained, save_params
+from gpt2_jax.training.checkpoint import load_trained, save_params
 from gpt2_jax.config import base_config, model_config
 from gpt2_jax.errors import WeightsError, WorkdirError, exits_on_user_error
 from gpt2_jax.model import GPTConfig

@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from gpt2_jax.errors import UserError, exits_on_user_error  # noqa: E402
-from gpt2_jax.metrics import read_rows  # noqa: E402
+from gpt2_jax.training.metrics import read_rows  # noqa: E402
 
 # HellaSwag acc_norm of OpenAI's checkpoints, scored like llm.c (reference-facts.md).
 HELLASWAG_BASELINES = {"OpenAI GPT-2 124M": 0.295, "OpenAI GPT-2 1.5B": 0.489}

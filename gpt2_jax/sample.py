@@ -9,8 +9,8 @@ import time
 import jax
 
 from gpt2_jax import tokenizer
-from gpt2_jax.checkpoint import load_trained
-from gpt2_jax.decoding import decode_samples, generate
+from gpt2_jax.training.checkpoint import load_trained
+from gpt2_jax.inference.decoding import decode_samples, generate
 from gpt2_jax.errors import exits_on_user_error
 
 

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from gpt2_jax.config import DEFAULT_CONFIG_PATH, load_config
-from gpt2_jax.distributed import initialize
+from gpt2_jax.parallel.distributed import initialize
 from gpt2_jax.errors import ConfigError, exits_on_user_error
-from gpt2_jax.loop import train
+from gpt2_jax.training.loop import train
 
 
 FLAGS = ("--config", "--workdir", "--coordinator_address", "--num_processes", "--process_id",

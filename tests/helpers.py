@@ -24,8 +24,8 @@ def run_steps(c, mesh, tx, batches):
     returns (final state on the devices, the same on the host, per-step metrics)."""
     import jax
 
-    from gpt2_jax import sharding
-    from gpt2_jax.step import build_training
+    from gpt2_jax.parallel import sharding
+    from gpt2_jax.training.step import build_training
 
     with jax.set_mesh(mesh):
         training = build_training(c, mesh, tx)

@@ -3,7 +3,7 @@ with no temp file behind (two writers at once: tests/test_data.py)."""
 
 import pytest
 
-from gpt2_jax import atomic
+from gpt2_jax.util import atomic
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):

@@ -1,4 +1,4 @@
-"""The benchmark commands stay alive on CPU (their GPU figures are in BENCHMARKS.md)."""
+"""The benchmark commands stay alive on CPU, and write result rows only where asked."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gpt2_jax import bench
+from gpt2_jax.bench import __main__ as bench
 from gpt2_jax.data import bench as data_bench
 
 # A one-layer GPT-2 on the 8 fake CPU devices, 128 tokens a step.
@@ -18,15 +18,17 @@ TINY_BENCH = ["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.
 
 
 @pytest.mark.slow
-def test_train_bench_measures_and_appends_rows(tmp_path, capsys):
-    results = tmp_path / "rows.md"
+def test_train_bench_measures_each_variant_and_records_only_when_asked(tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default benchmarks/results.jsonl would go
     bench.main([*TINY_BENCH, "--steps", "1", "--warmup", "1", "--variant=",
-                "--variant=--config.model.logits_dtype=bfloat16", "--results", str(results),
-                "--jsonl", str(tmp_path / "results.jsonl")])
-    rows = results.read_text().splitlines()
-    assert len(rows) == 2 and "model.logits_dtype=bfloat16" in rows[1]
-    assert all(r.startswith("| ") and "tok/s" not in r for r in rows)
+                "--variant=--config.model.logits_dtype=bfloat16"])
     assert capsys.readouterr().out.count("tok/s") == 2
+    assert not (tmp_path / "benchmarks").exists()
+    bench.main([*TINY_BENCH, "--steps", "1", "--warmup", "1", "--record"])
+    (row,) = [json.loads(line) for line in
+              (tmp_path / "benchmarks" / "results.jsonl").read_text().splitlines()]
+    assert row["mode"] == "step" and row["data"] == "synthetic"
 
 
 def test_data_bench_reports_tokens_per_second(capsys):
@@ -39,7 +41,7 @@ def test_data_bench_reports_tokens_per_second(capsys):
 @pytest.mark.slow
 def test_loop_bench_times_the_trainer_in_windows_and_records_the_fields(tmp_path, capsys):
     jsonl = tmp_path / "results.jsonl"
-    bench.main(["--loop", *TINY_BENCH, "--config.train.log_every=1", "--steps", "7", "--warmup", "1", "--window", "3", "--jsonl", str(jsonl),
+    bench.main(["--loop", *TINY_BENCH, "--config.train.log_every=1", "--steps", "7", "--warmup", "1", "--window", "3", "--record", str(jsonl),
                 "--run_id", "test-sitting"])
     (row,) = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert {"date", "gpu", "jax", "config", "overrides", "data", "steps", "tokens_per_step",
@@ -64,7 +66,7 @@ def test_loop_bench_over_two_processes_reports_once(tmp_path):
     procs = [subprocess.Popen(
         [sys.executable, "-m", "gpt2_jax.bench", "--loop", *TINY_BENCH, "--config.mesh.data=2",
          "--config.data.num_threads=1", "--config.train.log_every=1", "--steps", "4",
-         "--warmup", "1", "--window", "3", "--jsonl", str(jsonl),
+         "--warmup", "1", "--window", "3", "--record", str(jsonl),
          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [proc.communicate(timeout=600)[0] for proc in procs]

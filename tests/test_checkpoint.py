@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from helpers import TINY
-from gpt2_jax import sharding
-from gpt2_jax.checkpoint import Checkpointer, load_trained
+from gpt2_jax.parallel import sharding
+from gpt2_jax.training.checkpoint import Checkpointer, load_trained
 from gpt2_jax.config import PALLAS_KERNEL_KEYS, load_config, model_config
 from gpt2_jax.errors import CheckpointError
 from gpt2_jax.model import GPT
-from gpt2_jax.optim import make_optimizer
-from gpt2_jax.step import abstract_train_state, create_train_state, state_shardings
-from gpt2_jax.loop import train
+from gpt2_jax.training.optim import make_optimizer
+from gpt2_jax.training.step import abstract_train_state, create_train_state, state_shardings
+from gpt2_jax.training.loop import train
 
 # The tiny model on the shipped Shakespeare shards, checkpointing every 3 steps, 1 CPU device.
 RUN = [*TINY, "--config.data.source=shakespeare", "--config.data.num_threads=1",

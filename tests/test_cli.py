@@ -45,7 +45,7 @@ def test_missing_shards_name_the_pattern(tmp_path):
 
 
 def test_malformed_local_device_ids_are_named_before_anything_starts():
-    from gpt2_jax.distributed import initialize
+    from gpt2_jax.parallel.distributed import initialize
     from gpt2_jax.errors import UserError
 
     with pytest.raises(UserError, match="--local_device_ids must be GPU numbers .* not '0,one'"):

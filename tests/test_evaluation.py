@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2_jax import hellaswag, tokenizer
+from gpt2_jax import tokenizer
+from gpt2_jax.evaluation import hellaswag
 from gpt2_jax.model import GPT, GPTConfig
-from gpt2_jax.decoding import generate
+from gpt2_jax.inference.decoding import generate
 from gpt2_jax.errors import EvalDataError
 from gpt2_jax.model import init_params
 
@@ -117,7 +118,7 @@ def test_sample_from_a_directory_without_checkpoints_fails_clearly(tmp_path):
 
 def test_training_with_hellaswag_and_no_copy_fails_before_starting(tiny_config, tmp_path):
     from gpt2_jax.errors import ConfigError
-    from gpt2_jax.loop import hellaswag_examples
+    from gpt2_jax.training.loop import hellaswag_examples
 
     c = tiny_config("--config.train.hellaswag_every=10",
                     f"--config.train.hellaswag_file={tmp_path / 'absent.jsonl'}")

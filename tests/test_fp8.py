@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2_jax import fp8
+from gpt2_jax.ops import fp8
 from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
 
 
@@ -88,7 +88,7 @@ def test_only_the_fp8_model_has_float8_operands(fp8_on, expected):
 def test_an_fp8_model_decodes_with_the_kv_cache():
     """Sampling (and evaluate, export) read the same fp32 params; the FP8 matmuls also run one
     position at a time while decoding."""
-    from gpt2_jax.decoding import generate
+    from gpt2_jax.inference.decoding import generate
     model = tiny(True)
     params = init_params(model, jax.random.key(0))
     tokens = generate(model, params, [1, 2, 3], max_new_tokens=5, num_samples=2, top_k=10)

@@ -12,8 +12,8 @@ import transformers
 from gpt2_jax import hf, tokenizer
 from gpt2_jax.config import load_config
 from gpt2_jax.errors import CheckpointError, WeightsError
-from gpt2_jax.checkpoint import load_trained
-from gpt2_jax.loop import train
+from gpt2_jax.training.checkpoint import load_trained
+from gpt2_jax.training.loop import train
 
 from helpers import TINY, run_module
 

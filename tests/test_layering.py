@@ -5,8 +5,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gpt2_jax"
-COMMANDS = {"train", "evaluate", "sample", "bench", "plot", "hf", "data.prepare", "data.bench"}
-LOOP = {"loop"}
+COMMANDS = {"train", "evaluate", "sample", "bench.__main__", "plot", "hf", "data.prepare",
+            "data.bench"}
+LOOP = {"training.loop", "bench.train"}  # the loop, and what measures it
 
 
 def modules() -> dict[str, Path]:

@@ -14,7 +14,7 @@ from gpt2_jax import hf
 from gpt2_jax.config import model_config
 from gpt2_jax.errors import ConfigError, WeightsError
 from gpt2_jax.model import GPT, GPTConfig, init_params, rotary
-from gpt2_jax.optim import make_optimizer
+from gpt2_jax.training.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
 from helpers import run_steps
 
@@ -63,7 +63,7 @@ def test_rotary_attention_scores_depend_only_on_relative_position():
 
 
 def test_rope_model_decodes_with_the_kv_cache_as_it_recomputes():
-    from gpt2_jax.decoding import generate
+    from gpt2_jax.inference.decoding import generate
 
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, pos_emb="rope", qk_norm=True,
                     norm="rmsnorm", mlp_act="relu2", tie_embeddings=False, logit_softcap=15.0)
@@ -103,9 +103,9 @@ def test_an_unknown_option_value_names_its_key(tiny_config, override, key):
 def test_a_modern_muon_run_resumes_exactly_and_restores_for_evaluation(tmp_path):
     """Muon's partitioned optimizer state (with its empty placeholders) checkpoints and
     resumes bit-exactly; evaluation restores the modern model from its checkpoint."""
-    from gpt2_jax.checkpoint import load_trained
+    from gpt2_jax.training.checkpoint import load_trained
     from gpt2_jax.config import load_config
-    from gpt2_jax.loop import train
+    from gpt2_jax.training.loop import train
     from helpers import TINY
 
     modern = [*TINY, *ALL, "--config.optim.name=muon", "--config.optim.warmup_steps=0",

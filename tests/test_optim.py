@@ -8,7 +8,7 @@ from helpers import CONFIGS
 
 from gpt2_jax.config import load_config, model_config
 from gpt2_jax.model import GPT, init_params
-from gpt2_jax.optim import decay_mask, lr_schedule, make_optimizer
+from gpt2_jax.training.optim import decay_mask, lr_schedule, make_optimizer
 
 
 @pytest.fixture

@@ -10,12 +10,13 @@ import pytest
 from helpers import run_steps
 from jax.sharding import Mesh
 
-from gpt2_jax import fused_classifier, fused_gelu, fused_norm, sharding
+from gpt2_jax.ops import gelu_kernel, loss_kernel, norm_kernel
+from gpt2_jax.parallel import sharding
 from gpt2_jax.config import PALLAS_KERNEL_KEYS, model_config
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
-from gpt2_jax.optim import make_optimizer
-from gpt2_jax.step import build_training
+from gpt2_jax.training.optim import make_optimizer
+from gpt2_jax.training.step import build_training
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
 @pytest.mark.parametrize("key", PALLAS_KERNEL_KEYS)
@@ -100,8 +101,8 @@ def test_the_gelu_and_norm_kernels_train_the_same_per_device_on_a_mesh(tiny_conf
                                            "--config.mesh.tensor=2"), ("gelu_kernel", "norm_kernel"))
     z, b = jnp.ones((128, 128)), jnp.zeros((128,))
     with jax.set_mesh(mesh):
-        assert "shard_map" in str(jax.make_jaxpr(fused_gelu.bias_gelu)(z, b))
-        assert "shard_map" in str(jax.make_jaxpr(fused_norm.add_layer_norm)(z, z, b, b, b))
+        assert "shard_map" in str(jax.make_jaxpr(gelu_kernel.bias_gelu)(z, b))
+        assert "shard_map" in str(jax.make_jaxpr(norm_kernel.add_layer_norm)(z, z, b, b, b))
 
 
 def test_every_kernel_trains_the_same_per_device_without_tensor_parallelism(tiny_config):
@@ -111,4 +112,4 @@ def test_every_kernel_trains_the_same_per_device_without_tensor_parallelism(tiny
     logits, targets = jnp.ones((16, 128)), jnp.zeros((16,), jnp.int32)
     with jax.set_mesh(mesh):
         assert "shard_map" in str(jax.make_jaxpr(
-            lambda l, t: fused_classifier.softmax_gradient(l, t, 100))(logits, targets))
+            lambda l, t: loss_kernel.softmax_gradient(l, t, 100))(logits, targets))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpt2_jax import profiling
+from gpt2_jax.bench import profiling
 
 MS = 1_000_000  # ns
 

@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt2_jax import hellaswag, hf, metrics, plot
-from gpt2_jax.checkpoint import load_trained
+from gpt2_jax import hf, plot
+from gpt2_jax.evaluation import hellaswag
+from gpt2_jax.training import metrics
+from gpt2_jax.training.checkpoint import load_trained
 from gpt2_jax.config import load_config
 from gpt2_jax.data import prepare
 from gpt2_jax.errors import (CheckpointError, ConfigError, EvalDataError, WeightsError,
                              WorkdirError)
 from gpt2_jax.evaluate import main as evaluate_main
-from gpt2_jax.loop import train
-from gpt2_jax.workdir import LOCK_FILE, WorkdirLock, open_workdir
+from gpt2_jax.training.loop import train
+from gpt2_jax.training.workdir import LOCK_FILE, WorkdirLock, open_workdir
 from helpers import TINY
 
 RUN = [*TINY, "--config.train.checkpoint_every=3", "--config.train.log_every=1",

@@ -18,14 +18,14 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from helpers import TINY, run_steps
-from gpt2_jax import sharding
+from gpt2_jax.parallel import sharding
 from gpt2_jax.config import load_config, model_config
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import GPT, param_logical_specs
-from gpt2_jax.optim import make_optimizer
+from gpt2_jax.training.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
-from gpt2_jax.sharding import BatchLayout
-from gpt2_jax.step import build_training
+from gpt2_jax.parallel.sharding import BatchLayout
+from gpt2_jax.training.step import build_training
 
 # 4 heads so that a 4-way tensor axis splits them; 16 sequences of 16 tokens per step.
 SPMD = [*TINY, "--config.model.n_head=4", "--config.train.total_batch_size=256",

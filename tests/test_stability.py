@@ -10,18 +10,20 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from helpers import TINY, run_steps
-from gpt2_jax import plot, sharding, stability
-from gpt2_jax.checkpoint import Checkpointer
+from gpt2_jax import plot
+from gpt2_jax.parallel import sharding
+from gpt2_jax.training import stability
+from gpt2_jax.training.checkpoint import Checkpointer
 from gpt2_jax.config import load_config, model_config
 from gpt2_jax.data.shards import write_shard
-from gpt2_jax.health import make_health_fn
+from gpt2_jax.training.health import make_health_fn
 from gpt2_jax.model import GPT
-from gpt2_jax.optim import make_optimizer
+from gpt2_jax.training.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
 from gpt2_jax.model import init_params
-from gpt2_jax.step import abstract_train_state, state_shardings
+from gpt2_jax.training.step import abstract_train_state, state_shardings
 from gpt2_jax.errors import TrainingDiverged
-from gpt2_jax.loop import train
+from gpt2_jax.training.loop import train
 
 GUARDED = [*TINY, "--config.optim.lr=3e-3", "--config.optim.warmup_steps=2",
            "--config.optim.final_lr_frac=1.0", "--config.stability.window=8",

@@ -2,8 +2,8 @@
 
 import json
 
-from gpt2_jax.metrics import MetricsLog
-from gpt2_jax.loop import StepLog
+from gpt2_jax.training.metrics import MetricsLog
+from gpt2_jax.training.loop import StepLog
 
 METRICS = {"loss": 1.0, "grad_norm": 1.0, "lr": 1e-3, "skipped": 0, "bad_streak": 0,
            "loss_zscore": 0.0, "grad_zscore": 0.0}

@@ -3,8 +3,8 @@ import numpy as np
 import optax
 
 from helpers import run_steps
-from gpt2_jax import sharding
-from gpt2_jax.optim import make_optimizer
+from gpt2_jax.parallel import sharding
+from gpt2_jax.training.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
 

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2_jax import atomic, tokenizer
+from gpt2_jax import tokenizer
+from gpt2_jax.util import atomic
 from gpt2_jax.data.shards import write_shard
 from gpt2_jax.errors import DataError, UserError, exits_on_user_error
-from gpt2_jax.progress import progress
+from gpt2_jax.util.progress import progress
 
 STATE_FILE = "prepare_state.json"
 # Approximate GPT-2 token counts of FineWeb's samples (for the progress bar's ETA).

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2_jax import atomic
+from gpt2_jax.util import atomic
 from gpt2_jax.errors import ShardError
 
 MAGIC = 20240520

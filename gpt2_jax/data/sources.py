@@ -10,7 +10,7 @@ import ml_collections
 from gpt2_jax.data import pipeline
 from gpt2_jax.data.shakespeare import prepare_shakespeare
 from gpt2_jax.data.shards import find_shards
-from gpt2_jax.sharding import BatchLayout
+from gpt2_jax.parallel.sharding import BatchLayout
 
 
 def data_files(c: ml_collections.ConfigDict, workdir: Path, split: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The Pallas fused classifier (fused_classifier.py, run by Pallas' interpreter on CPU) against
+"""The Pallas fused classifier (ops/loss_kernel.py, run by Pallas' interpreter on CPU) against
 the plain formula, and the config rules that say where it runs (test_pallas_kernels.py has the
 model with either choice)."""
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2_jax import fused_classifier
+from gpt2_jax.ops import loss_kernel
 from gpt2_jax.config import model_config
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import cross_entropy
@@ -35,7 +35,7 @@ def reference(h, w, targets):
 def test_float32_loss_and_gradients_equal_the_plain_formula():
     h, w, targets = inputs()
     loss, grads = jax.jit(jax.value_and_grad(
-        lambda h, w: fused_classifier.summed_loss(h, w, targets, VOCAB_SIZE, jnp.float32),
+        lambda h, w: loss_kernel.summed_loss(h, w, targets, VOCAB_SIZE, jnp.float32),
         argnums=(0, 1)))(h, w)
     ref_loss, ref_grads = jax.value_and_grad(reference, argnums=(0, 1))(h, w, targets)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
@@ -50,7 +50,7 @@ def test_bfloat16_logits_stay_within_bf16_rounding_of_the_float32_reference():
     gradients within 2% of their largest entry (measured 3e-5 and 0.4%)."""
     h, w, targets = inputs(1)
     loss, (g_h, g_w) = jax.jit(jax.value_and_grad(
-        lambda h, w: fused_classifier.summed_loss(h.astype(jnp.bfloat16), w, targets,
+        lambda h, w: loss_kernel.summed_loss(h.astype(jnp.bfloat16), w, targets,
                                                   VOCAB_SIZE, jnp.bfloat16),
         argnums=(0, 1)))(h, w)
     ref_loss, (r_h, r_w) = jax.value_and_grad(reference, argnums=(0, 1))(h, w, targets)
@@ -64,7 +64,7 @@ def test_bfloat16_logits_stay_within_bf16_rounding_of_the_float32_reference():
 def test_the_kernel_writes_softmax_minus_onehot_with_zero_padding():
     h, w, targets = inputs(2)
     logits = h @ w.T
-    d_logits, lse, target_logit = fused_classifier.softmax_gradient(logits, targets, VOCAB_SIZE)
+    d_logits, lse, target_logit = loss_kernel.softmax_gradient(logits, targets, VOCAB_SIZE)
     real = logits[:, :VOCAB_SIZE]
     np.testing.assert_allclose(lse, jax.nn.logsumexp(real, axis=-1), rtol=1e-6)
     np.testing.assert_allclose(target_logit, real[jnp.arange(N), targets], rtol=1e-6)

@@ -1,4 +1,4 @@
-"""The MLP's bias + GELU kernels (fused_gelu.py, run by Pallas' interpreter on CPU) against
+"""The MLP's bias + GELU kernels (ops/gelu_kernel.py, run by Pallas' interpreter on CPU) against
 autodiff of the plain formula (test_pallas_kernels.py has the model with either choice and the
 rules that say where the kernels run)."""
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2_jax import fused_gelu
+from gpt2_jax.ops import gelu_kernel
 
 
 def plain(z, b):
@@ -23,8 +23,8 @@ def test_value_and_gradients_match_autodiff_in_fp32(shape):
     z = jax.random.normal(kz, shape) * 3  # well into both tails of the GELU
     b = jax.random.normal(kb, shape[-1:])
     dy = jax.random.normal(kd, shape)
-    np.testing.assert_allclose(fused_gelu.bias_gelu(z, b), plain(z, b), rtol=1e-6, atol=2e-5)
-    got = jax.vjp(fused_gelu.bias_gelu, z, b)[1](dy)
+    np.testing.assert_allclose(gelu_kernel.bias_gelu(z, b), plain(z, b), rtol=1e-6, atol=2e-5)
+    got = jax.vjp(gelu_kernel.bias_gelu, z, b)[1](dy)
     want = jax.vjp(plain, z, b)[1](dy)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=2e-5)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-4)
@@ -37,7 +37,7 @@ def test_bf16_activations_keep_an_fp32_bias_gradient():
     z = jax.random.normal(kz, (256, 128)) * 2
     b = jax.random.normal(kb, (128,))
     dy = jax.random.normal(kd, (256, 128))
-    dz, db = jax.vjp(fused_gelu.bias_gelu, z.astype(jnp.bfloat16), b)[1](dy.astype(jnp.bfloat16))
+    dz, db = jax.vjp(gelu_kernel.bias_gelu, z.astype(jnp.bfloat16), b)[1](dy.astype(jnp.bfloat16))
     assert dz.dtype == jnp.bfloat16 and db.dtype == jnp.float32
     want_dz, want_db = jax.vjp(plain, z.astype(jnp.bfloat16).astype(jnp.float32), b)[1](
         dy.astype(jnp.bfloat16).astype(jnp.float32))

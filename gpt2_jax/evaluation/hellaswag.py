@@ -20,10 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt2_jax import atomic, sharding, tokenizer
+from gpt2_jax import tokenizer
+from gpt2_jax.parallel import sharding
+from gpt2_jax.util import atomic
 from gpt2_jax.errors import EvalDataError
 from gpt2_jax.model import GPT, GPTConfig
-from gpt2_jax.progress import progress
+from gpt2_jax.util.progress import progress
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 CACHE = Path(os.environ.get("GPT2_JAX_CACHE", "~/.cache/gpt2_jax")).expanduser()

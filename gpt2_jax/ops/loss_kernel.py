@@ -25,14 +25,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from gpt2_jax import sharding
+from gpt2_jax.ops import pallas
+from gpt2_jax.parallel import sharding
 
 BLOCK = 4096  # logits per row read at a time: 13 blocks cover GPT-2's 50304
 NEG = -1e30  # a finite -inf, so that an empty running max minus itself is not nan
-
-
-def _interpret() -> bool:
-    return jax.default_backend() != "gpu"
 
 
 def _kernel(logits_ref, targets_ref, dlogits_ref, lse_ref, target_logit_ref, *,
@@ -94,7 +91,7 @@ def _softmax_gradient(logits_NxV, targets_N, real_vocab_size):
         out_shape=(jax.ShapeDtypeStruct(logits_NxV.shape, logits_NxV.dtype),
                    jax.ShapeDtypeStruct((n_rows,), jnp.float32),
                    jax.ShapeDtypeStruct((n_rows,), jnp.float32)),
-        grid=(n_rows,), input_output_aliases={0: 0}, interpret=_interpret(),
+        grid=(n_rows,), input_output_aliases={0: 0}, interpret=pallas.interpret(),
         name="fused_classifier",
         compiler_params=plgpu.CompilerParams(num_warps=8, num_stages=1),
     )(logits_NxV, targets_N.astype(jnp.int32))

@@ -1,4 +1,4 @@
-"""The residual add + LayerNorm kernels (fused_norm.py, run by Pallas' interpreter on CPU) against
+"""The residual add + LayerNorm kernels (ops/norm_kernel.py, run by Pallas' interpreter on CPU) against
 autodiff of the plain formula, and the width they take (test_pallas_kernels.py has the model
 with either choice and the rules that say where the kernels run)."""
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2_jax import fused_norm
+from gpt2_jax.ops import norm_kernel
 from gpt2_jax.config import model_config
 from gpt2_jax.errors import ConfigError
 
@@ -40,7 +40,7 @@ def test_values_and_gradients_match_autodiff_in_fp32(shape):
     padded to 256. Gradients: the residual and the branch get the same d(s), the branch bias
     its column sum, the gains theirs."""
     args, cotangents = operands(shape, jnp.float32)
-    got, got_vjp = jax.vjp(fused_norm.add_layer_norm, *args)
+    got, got_vjp = jax.vjp(norm_kernel.add_layer_norm, *args)
     want, want_vjp = jax.vjp(plain, *args)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
@@ -53,7 +53,7 @@ def test_bf16_activations_round_once_and_keep_fp32_parameter_gradients():
     come back bf16 (one rounding of the fp32 value), the vectors' gradients fp32, from sums
     taken before any rounding."""
     args, (ds, dy) = operands((256, 96), jnp.bfloat16, seed=1)
-    got, got_vjp = jax.vjp(fused_norm.add_layer_norm, *args)
+    got, got_vjp = jax.vjp(norm_kernel.add_layer_norm, *args)
     grads = got_vjp((ds, dy))
     assert [g.dtype for g in got + grads] == [jnp.bfloat16] * 4 + [jnp.float32] * 3
     as32 = lambda a: a.astype(jnp.float32)  # noqa: E731
@@ -71,7 +71,7 @@ def test_bf16_activations_round_once_and_keep_fp32_parameter_gradients():
 
 
 def test_rows_wider_than_one_load_are_refused(tiny_config):
-    """Loads wider than fused_norm.ROW_ELEMENTS computed wrong values on an H100 (BENCHMARKS.md,
+    """Loads wider than norm_kernel.ROW_ELEMENTS computed wrong values on an H100 (BENCHMARKS.md,
     run aj): auto leaves such a model to XLA, and an explicit pallas is an error."""
     wide = ("--config.model.n_embd=16384", "--config.model.n_head=128")
     assert model_config(tiny_config(*wide), backend="gpu", devices=1).norm_kernel == "xla"
@@ -79,4 +79,4 @@ def test_rows_wider_than_one_load_are_refused(tiny_config):
         tiny_config("--config.model.norm_kernel=pallas", *wide)
     row, vector = jnp.ones((1, 16384)), jnp.ones((16384,))
     with pytest.raises(ValueError, match="at most 8192 channels, not 16384"):
-        fused_norm.add_layer_norm(row, row, vector, vector, vector)
+        norm_kernel.add_layer_norm(row, row, vector, vector, vector)

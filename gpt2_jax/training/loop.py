@@ -16,18 +16,21 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt2_jax import hellaswag, metrics, sharding, tokenizer
-from gpt2_jax.checkpoint import (MODEL_SHAPE_KEYS, BrokenCheckpoint, Checkpointer,
+from gpt2_jax import tokenizer
+from gpt2_jax.evaluation import hellaswag
+from gpt2_jax.parallel import sharding
+from gpt2_jax.training import metrics
+from gpt2_jax.training.checkpoint import (MODEL_SHAPE_KEYS, BrokenCheckpoint, Checkpointer,
                                  check_same_model, describe_failure, restore_params)
 from gpt2_jax.config import check_tensor_parallelism
 from gpt2_jax.data.sources import make_data
-from gpt2_jax.decoding import generate
+from gpt2_jax.inference.decoding import generate
 from gpt2_jax.errors import CheckpointError, ConfigError, EvalDataError, TrainingDiverged
-from gpt2_jax.health import health_line, make_health_fn
+from gpt2_jax.training.health import health_line, make_health_fn
 from gpt2_jax.model import count_params, flops_per_token
-from gpt2_jax.sharding import BatchLayout
-from gpt2_jax.step import build_training, make_evaluator
-from gpt2_jax.workdir import WorkdirLock, open_workdir, set_aside_previous_run
+from gpt2_jax.parallel.sharding import BatchLayout
+from gpt2_jax.training.step import build_training, make_evaluator
+from gpt2_jax.training.workdir import WorkdirLock, open_workdir, set_aside_previous_run
 
 
 def hellaswag_examples(c: ml_collections.ConfigDict) -> list[hellaswag.Rendered]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jax
 
-from gpt2_jax import atomic
+from gpt2_jax.util import atomic
 
 # Dense bf16 tensor-core peaks, FLOP/s per device. llm.c uses 988.8 TFLOP/s for the H100 SXM
 # (and the H200 has the same chip), so our MFU compares directly with its figures.

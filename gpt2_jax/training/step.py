@@ -13,10 +13,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from gpt2_jax import sharding, stability
+from gpt2_jax.parallel import sharding
+from gpt2_jax.training import stability
 from gpt2_jax.config import model_config
 from gpt2_jax.model import GPT, abstract_params, init_params, next_token_loss, param_logical_specs
-from gpt2_jax.optim import lr_schedule, make_optimizer
+from gpt2_jax.training.optim import lr_schedule, make_optimizer
 
 
 @flax.struct.dataclass

@@ -25,7 +25,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from gpt2_jax import sharding
+from gpt2_jax.parallel import sharding
 from gpt2_jax.config import PALLAS_KERNEL_KEYS, model_config
 from gpt2_jax.errors import CheckpointError
 from gpt2_jax.model import GPT, abstract_params, param_logical_specs

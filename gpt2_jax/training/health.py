@@ -8,7 +8,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from gpt2_jax import sharding
+from gpt2_jax.parallel import sharding
 from gpt2_jax.model import GPT
 
 

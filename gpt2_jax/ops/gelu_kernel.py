@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from gpt2_jax import sharding
+from gpt2_jax.ops import pallas
+from gpt2_jax.parallel import sharding
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 CUBIC = 0.044715
@@ -101,7 +102,7 @@ def _over_tiles(kernel, name: str, outputs, z_NxF: jax.Array, *operands: jax.Arr
         functools.partial(kernel, block_rows=min(group_rows, BLOCK_ROWS), group_rows=group_rows,
                           block_cols=block_cols),
         out_shape=outputs(n_groups), grid=(n_groups, width // block_cols),
-        interpret=jax.default_backend() != "gpu", name=name,
+        interpret=pallas.interpret(), name=name,
         compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
     )(z_NxF, *operands)
 

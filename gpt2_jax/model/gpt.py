@@ -18,9 +18,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gpt2_jax import fused_classifier, fused_norm
-from gpt2_jax.fused_gelu import bias_gelu
-from gpt2_jax.fp8 import matmul as fp8_matmul
+from gpt2_jax.model.loss import cross_entropy, lm_head_logits
+from gpt2_jax.ops import norm_kernel
+from gpt2_jax.ops.gelu_kernel import bias_gelu
+from gpt2_jax.ops.fp8 import matmul as fp8_matmul
 
 # Names of `model.remat`: "none" stores every activation, "full" recomputes the whole block in the
 # backward pass, anything else is a policy of `jax.checkpoint_policies` (what may be saved).
@@ -51,7 +52,7 @@ class GPTConfig:
     mlp_act: str = "gelu_tanh"  # gelu_tanh | relu2 (squared ReLU)
     tie_embeddings: bool = True  # False: a separate, zero-initialized lm_head
     logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c)
-    fp8: bool = False  # the blocks' four projections as FP8 matmuls (fp8.py); params stay fp32
+    fp8: bool = False  # the blocks' four projections as FP8 matmuls (ops/fp8.py); params stay fp32
 
     @property
     def head_dim(self) -> int:
@@ -71,7 +72,7 @@ class ResidualNorm(nn.Module):
     to the residual stream and normalizes the sum for the next branch: (s, norm(s)) for
     s = x + (y + bias). GPT-2's LayerNorm (or RMSNorm: a gain, no bias) over the channels with
     fp32 statistics; with norm_kernel=pallas the adds and the LayerNorm run as one Pallas kernel
-    each way (fused_norm.py), as llm.c fuses them."""
+    each way (ops/norm_kernel.py), as llm.c fuses them."""
 
     config: GPTConfig
 
@@ -85,17 +86,17 @@ class ResidualNorm(nn.Module):
         bias = None if cfg.norm == "rmsnorm" else self.param(
             "bias", _const(nn.initializers.zeros, ("embed",)), (width,), jnp.float32)
         if cfg.norm_kernel == "pallas" and bias is not None:
-            return fused_norm.add_layer_norm(x_BxTxD, branch_BxTxD, branch_bias_D, scale, bias)
+            return norm_kernel.add_layer_norm(x_BxTxD, branch_BxTxD, branch_bias_D, scale, bias)
         x_BxTxD = x_BxTxD + (branch_BxTxD + branch_bias_D.astype(branch_BxTxD.dtype))
         x32 = x_BxTxD.astype(jnp.float32)
         if bias is None:  # RMSNorm
-            rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + fused_norm.EPS)
+            rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + norm_kernel.EPS)
             return x_BxTxD, (x32 * rstd * scale).astype(cfg.dtype)
         # One pass for both moments, as flax's LayerNorm (use_fast_variance) lets XLA fuse them.
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.maximum(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) - jnp.square(mean),
                           0.0)
-        return x_BxTxD, ((x32 - mean) * (jax.lax.rsqrt(var + fused_norm.EPS) * scale) + bias
+        return x_BxTxD, ((x32 - mean) * (jax.lax.rsqrt(var + norm_kernel.EPS) * scale) + bias
                          ).astype(cfg.dtype)
 
 
@@ -126,12 +127,12 @@ def _residual_std(cfg: GPTConfig) -> float:
 
 class Projection(nn.Module):
     """x @ kernel + bias, contracting x's last `n_in` axes (with `gelu`, GELU of that through
-    fused_gelu.py, whose backward is one kernel that also reduces the bias gradient). With
+    ops/gelu_kernel.py, whose backward is one kernel that also reduces the bias gradient). With
     `defer_bias` it returns (x @ kernel, bias) for ResidualNorm to add with the residual.
 
     The kernel is created at its full rank, e.g. (D, 3, H, K), so its logical axis names (and so
     its sharding) can split heads; the output is in the compute dtype. With `fp8` the product is
-    an FP8 matmul of x and the kernel flattened to 2-D (fp8.py).
+    an FP8 matmul of x and the kernel flattened to 2-D (ops/fp8.py).
     """
 
     out_shape: tuple[int, ...]
@@ -288,94 +289,6 @@ def embed(table_VxD: jax.Array, ids: jax.Array, dtype, vocab_axis: str | None) -
     return jnp.take(table_VxD, ids, axis=0).astype(dtype)
 
 
-def lm_head_logits(h_NxD: jax.Array, wte_VxD: jax.Array, dtype=jnp.float32,
-                   real_vocab_size: int | None = None, softcap: float = 0.0) -> jax.Array:
-    """LM head: logits stored in `dtype`, accumulated in fp32 from compute-dtype operands.
-
-    With `softcap` > 0 the logits are softcap * tanh(logits / softcap). With `real_vocab_size`
-    the padded vocabulary entries are -inf, so they never win a sample and carry no probability
-    (the loss masks them itself, inside its reductions).
-    """
-    logits_NxV = jnp.dot(h_NxD, wte_VxD.astype(h_NxD.dtype).T, preferred_element_type=dtype)
-    if softcap > 0:
-        logits_NxV = (softcap * jnp.tanh(logits_NxV.astype(jnp.float32) / softcap)
-                      ).astype(dtype)
-    if real_vocab_size is None:
-        return logits_NxV
-    return jnp.where(jnp.arange(wte_VxD.shape[0]) < real_vocab_size, logits_NxV, -jnp.inf)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def summed_softmax_cross_entropy(logits_NxV: jax.Array, targets_N: jax.Array,
-                                 real_vocab_size: int) -> jax.Array:
-    """sum_n (logsumexp of logits[n, :real_vocab_size]) - logits[n, target[n]], in fp32.
-
-    A custom VJP, like llm.c's fused classifier: the forward reads the logits twice (max, then
-    exp-sum) and the backward writes d(logits) = softmax - onehot in one pass, instead of the ~6
-    passes over the (tokens x 50304) array that autodiff of the plain formula makes.
-    """
-    return _xent_forward(logits_NxV, targets_N, real_vocab_size)[0]
-
-
-def _real_vocab(logits_NxV: jax.Array, real_vocab_size: int) -> jax.Array:
-    return jnp.arange(logits_NxV.shape[-1]) < real_vocab_size
-
-
-def _xent_forward(logits_NxV, targets_N, real_vocab_size):
-    real_V = _real_vocab(logits_NxV, real_vocab_size)
-    x_NxV = logits_NxV.astype(jnp.float32)
-    max_N = jnp.max(jnp.where(real_V, x_NxV, -jnp.inf), axis=-1)
-    sum_exp_N = jnp.sum(jnp.where(real_V, jnp.exp(x_NxV - max_N[:, None]), 0.0), axis=-1)
-    lse_N = max_N + jnp.log(sum_exp_N)
-    target_N = jnp.take_along_axis(x_NxV, targets_N[:, None], axis=-1)[:, 0]
-    return jnp.sum(lse_N - target_N), (logits_NxV, targets_N, lse_N)
-
-
-def _xent_backward(real_vocab_size, residuals, g):
-    logits_NxV, targets_N, lse_N = residuals
-    x_NxV = logits_NxV.astype(jnp.float32)
-    probs_NxV = jnp.where(_real_vocab(logits_NxV, real_vocab_size),
-                          jnp.exp(x_NxV - lse_N[:, None]), 0.0)
-    onehot_NxV = jnp.arange(logits_NxV.shape[-1]) == targets_N[:, None]
-    d_logits_NxV = (probs_NxV - onehot_NxV) * g
-    return d_logits_NxV.astype(logits_NxV.dtype), None
-
-
-summed_softmax_cross_entropy.defvjp(_xent_forward, _xent_backward)
-
-
-def cross_entropy(h_NxD: jax.Array, wte_VxD: jax.Array, targets_N: jax.Array,
-                  real_vocab_size: int, chunk_size: int = 0,
-                  logits_dtype=jnp.float32, softcap: float = 0.0,
-                  kernel: str = "xla") -> jax.Array:
-    """Mean next-token cross-entropy over the real vocabulary, softmax computed in float32.
-
-    The logits are stored in `logits_dtype` (bfloat16 halves their memory traffic, as in llm.c's
-    fused classifier). With `chunk_size` > 0 they exist only `chunk_size` tokens at a time, in the
-    forward and (through rematerialization) the backward pass: 64x1024 tokens of float32 logits
-    would be 13 GB. `kernel="pallas"` computes the loss and d(logits) in one Pallas kernel
-    (fused_classifier.py; no softcap).
-    """
-
-    def summed_loss(h_CxD, targets_C):
-        if kernel == "pallas":
-            return fused_classifier.summed_loss(h_CxD, wte_VxD, targets_C, real_vocab_size,
-                                                logits_dtype)
-        logits_CxV = lm_head_logits(h_CxD, wte_VxD, logits_dtype, softcap=softcap)
-        return summed_softmax_cross_entropy(logits_CxV, targets_C, real_vocab_size)
-
-    n_tokens = h_NxD.shape[0]
-    if chunk_size <= 0 or chunk_size >= n_tokens:
-        return summed_loss(h_NxD, targets_N) / n_tokens
-    if n_tokens % chunk_size:
-        raise ValueError(f"loss chunk size {chunk_size} must divide the {n_tokens} tokens of a "
-                         "micro-batch (train.loss_chunk_size)")
-    h_MxCxD = h_NxD.reshape(n_tokens // chunk_size, chunk_size, -1)
-    targets_MxC = targets_N.reshape(n_tokens // chunk_size, chunk_size)
-    chunk_sums_M = jax.lax.map(lambda args: jax.checkpoint(summed_loss)(*args),
-                               (h_MxCxD, targets_MxC))
-    return jnp.sum(chunk_sums_M) / n_tokens
-
 
 class GPT(nn.Module):
     config: GPTConfig
@@ -450,50 +363,3 @@ class GPT(nn.Module):
                              targets_BxT.reshape(-1), self.config.real_vocab_size, chunk_size,
                              self.config.logits_dtype, self.config.logit_softcap,
                              self.config.loss_kernel)
-
-
-def next_token_loss(model: GPT, params: Any, tokens_BxT1: jax.Array,
-                    chunk_size: int = 0) -> jax.Array:
-    """Mean loss of predicting each row's tokens 1..T from tokens 0..T-1 ((batch, T + 1) rows,
-    as the data pipeline makes them)."""
-    return model.apply({"params": params}, tokens_BxT1[:, :-1], tokens_BxT1[:, 1:], chunk_size,
-                       method=GPT.loss)
-
-
-def init_params(model: GPT, rng: jax.Array) -> Any:
-    """The params pytree (logical-axis boxes removed).
-
-    Initialized through a rolled layer loop: the values are the same for every scan_unroll,
-    and compiling 48 unrolled initializers took over a minute for 1558M on an H100.
-    """
-    rolled = model.clone(config=dataclasses.replace(model.config, scan_unroll=1))
-    return nn.unbox(rolled.init(rng, jnp.zeros((1, 1), jnp.int32)))["params"]
-
-
-def param_logical_specs(model: GPT) -> Any:
-    """The params' logical PartitionSpecs, read off the model without allocating anything."""
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-    return nn.get_partition_spec(abstract)["params"]
-
-
-def abstract_params(model: GPT, shardings: Any = None) -> Any:
-    """The params' shapes and dtypes as ShapeDtypeStructs (with `shardings`, laid out by them),
-    without allocating anything: what a restore or a sharding plan starts from."""
-    abstract = jax.eval_shape(lambda rng: init_params(model, rng), jax.random.key(0))
-    if shardings is None:
-        return abstract
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
-
-
-def count_params(params: Any) -> int:
-    """Parameters in a params pytree (arrays or ShapeDtypeStructs)."""
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
-
-
-def flops_per_token(cfg: GPTConfig, n_params: int, seq_len: int) -> float:
-    """Training FLOPs per token by llm.c's (PaLM's) formula: 6N + 6*L*D*T.
-
-    This is what llm.c reports MFU against, so our MFU compares with its figures directly.
-    """
-    return 6 * n_params + 6 * cfg.n_layer * cfg.n_embd * seq_len

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from gpt2_jax import sharding
+from gpt2_jax.ops import pallas
+from gpt2_jax.parallel import sharding
 
 EPS = 1e-5  # GPT-2's (and flax's) LayerNorm epsilon
 # The tiling, from a sweep on an H100 (BENCHMARKS.md, run aj). Loads of 16,384 elements or more
@@ -37,10 +38,6 @@ NUM_STAGES = 1
 
 # Logical axes: (tokens, width) arrays split by rows, (width,) vectors whole, per-row statistics.
 ROWS, VECTOR, STATS = ("batch", None), (None,), ("batch",)
-
-
-def _interpret() -> bool:
-    return jax.default_backend() != "gpu"
 
 
 def _layout(width: int) -> tuple[int, int, int]:
@@ -119,7 +116,7 @@ def _backward_kernel(s_ref, g_ref, mean_ref, rstd_ref, dy_ref, ds_ref, dx_ref, d
 
 def _call(kernel, name: str, programs: int, width: int, out_shape, *operands):
     return pl.pallas_call(
-        kernel, out_shape=out_shape, grid=(programs,), interpret=_interpret(), name=name,
+        kernel, out_shape=out_shape, grid=(programs,), interpret=pallas.interpret(), name=name,
         compiler_params=plgpu.CompilerParams(num_warps=_layout(width)[2], num_stages=NUM_STAGES),
     )(*operands)
 
@@ -149,7 +146,7 @@ def add_layer_norm(x: jax.Array, h: jax.Array, h_bias: jax.Array, gain: jax.Arra
     fp32, of s as stored. The branch's bias comes in apart so that its add, and its gradient's
     reduction, happen here rather than in passes of their own."""
     if x.shape[-1] > MAX_WIDTH:
-        raise ValueError(f"fused_norm.add_layer_norm takes rows of at most {MAX_WIDTH} channels, "
+        raise ValueError(f"norm_kernel.add_layer_norm takes rows of at most {MAX_WIDTH} channels, "
                          f"not {x.shape[-1]} (wider loads computed wrong values on an H100)")
     return _add_layer_norm(x, h.astype(x.dtype), h_bias, gain, bias)
 
