@@ -6,7 +6,9 @@ previous checkpoint as the newest usable one. Saves are asynchronous: the train 
 while the arrays are copied off the devices. A checkpoint damaged later (a file truncated,
 overwritten or deleted) fails to restore: the trainer moves it aside to
 `checkpoints/broken-<step>-<time>/` and resumes from the next newest; evaluation and sampling fall
-back to the next newest without touching the run.
+back to the next newest without touching the run. A save the disk has no room for (checked before
+it starts, or found when orbax's write fails) stops the run in one line, its partial files removed
+and the newest complete checkpoint kept.
 """
 
 from __future__ import annotations

@@ -247,7 +247,8 @@ def export_weights(workdir: str | Path, out: str | Path, step: int | None = None
         atomic.write_text(out / "config.json",
                           json.dumps(hf_config(trained.model.config), indent=2) + "\n")
     except OSError as e:
-        raise WorkdirError(f"--out {out}: cannot write {e.filename or out} ({e.strerror})") from None
+        raise WorkdirError(f"--out {out}: cannot write {e.filename or out} "
+                           f"({e.strerror})") from None
     return trained.step
 
 

@@ -111,5 +111,9 @@ def _set_aside(workdir: Path, names: tuple[str, ...], why: str, say) -> None:
     for name in names:
         path = workdir / name
         if path.exists():
-            path.rename(workdir / f"{name}.before-{stamp}")
-            say(f"{why}: moved the previous {name} to {name}.before-{stamp}")
+            target, n = workdir / f"{name}.before-{stamp}", 1
+            while target.exists():  # two starts in one second: a rename must not replace
+                n += 1
+                target = workdir / f"{name}.before-{stamp}-{n}"
+            path.rename(target)
+            say(f"{why}: moved the previous {name} to {target.name}")

@@ -46,7 +46,8 @@ def read_local_documents(files: list[str], text_field: str = "text") -> Iterator
             try:
                 yield Path(path).read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}: not UTF-8 text (byte {e.start}); a binary file?") from None
+                raise DataError(f"{path}: not UTF-8 text (byte {e.start}); a binary "
+                                "file?") from None
         elif suffix == ".jsonl":
             yield from _jsonl_documents(path, text_field)
         elif suffix == ".parquet":
@@ -78,9 +79,9 @@ def _jsonl_documents(path: str, text_field: str) -> Iterator[str]:
                 raise DataError(f"{where}: not a JSON object with a {text_field!r} field "
                                 f"({e})") from None
             if not isinstance(row, dict) or text_field not in row:
+                keys = f" with keys {sorted(row)[:5]}" if isinstance(row, dict) else ""
                 raise DataError(f"{where}: not a JSON object with a {text_field!r} field "
-                                f"(a {type(row).__name__}"
-                                + (f" with keys {sorted(row)[:5]})" if isinstance(row, dict) else ")"))
+                                f"(a {type(row).__name__}{keys})")
             yield _text(row[text_field], where, text_field)
 
 
