@@ -1,5 +1,21 @@
 """Failures a user can fix, each named for what it is. Every command turns one into a single line,
-`error: <message>`, and exit status 1: no traceback, and nothing already written is lost."""
+`error: <message>`, and exit status 1: no traceback, and nothing already written is lost.
+
+What the commands guarantee (tests/test_reliability.py holds each):
+- A bad config key or command-line value (`sample --temperature -1`, `--num_samples 0`) names it.
+- A workdir (or `--out`) that is a file, not writable, on a read-only mount or an impossible path
+  is refused before any work; a workdir is held by one trainer at a time.
+- A damaged checkpoint is set aside (never deleted) and the run resumes from the one before; when
+  none restores, the trainer stops rather than start over (train.resume=False does that).
+- Logs are never erased or mixed: a start from step 0, or with train.resume=False, moves the
+  earlier metrics.jsonl and tensorboard/ aside; a resume with changed settings lists them and
+  keeps the earlier config.
+- A full disk stops training before or during a save, naming the disk and the space needed,
+  with the partial checkpoint removed and the last complete one kept.
+- `evaluate` on a run it cannot write still reports, and says where the row did not go.
+- Input text that is not text, empty input, and shards that are missing, malformed or truncated
+  under a running trainer are named by file (and line); a missing extra names what to install.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +56,11 @@ class EvalDataError(UserError):
 
 class WorkdirError(UserError):
     """A run directory that cannot be used: not a directory, not writable, or in use."""
+
+
+class DiskFullError(WorkdirError):
+    """Too little free space for the next checkpoint; the message names the disk, the space
+    needed and the checkpoint kept."""
 
 
 class TrainingDiverged(UserError, RuntimeError):

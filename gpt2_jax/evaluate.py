@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -18,7 +19,7 @@ from gpt2_jax.evaluation import hellaswag
 from gpt2_jax.training.checkpoint import Trained, load_trained
 from gpt2_jax.data.sources import data_files, validation_batches
 from gpt2_jax.inference.decoding import decode_samples, generate
-from gpt2_jax.errors import EvalDataError, exits_on_user_error
+from gpt2_jax.errors import EvalDataError, UserError, exits_on_user_error
 from gpt2_jax.training.metrics import MetricsLog
 from gpt2_jax.parallel.sharding import BatchLayout
 from gpt2_jax.training.step import make_evaluator
@@ -93,13 +94,30 @@ def main(argv: list[str] | None = None) -> None:
             print(f"--- sample {i + 1}\n{text}")
 
     if args.report:
-        Path(args.report).write_text(json.dumps(results, indent=2) + "\n")
+        try:
+            Path(args.report).write_text(json.dumps(results, indent=2) + "\n")
+        except OSError as e:
+            raise UserError(f"--report {args.report}: cannot write it ({e.strerror}); the "
+                            f"results: {json.dumps(results)}") from None
         print(f"wrote {args.report}")
     elif jax.process_index() == 0:
-        log = MetricsLog(workdir, tensorboard=bool(c.train.tensorboard))
+        append_eval_row(workdir, results, tensorboard=bool(c.train.tensorboard))
+
+
+def append_eval_row(workdir: Path, results: dict, tensorboard: bool) -> None:
+    """The results as an eval row of the run's metrics.jsonl. A run this user cannot write
+    (a read-only mount, someone else's directory) still gets its evaluation: the row goes to
+    stdout, and the reason it is not in the run to stderr."""
+    try:
+        log = MetricsLog(workdir, tensorboard=tensorboard)
         log.write(results)
         log.close()
-        print(f"appended the eval row to {workdir / 'metrics.jsonl'}")
+    except OSError as e:
+        print(f"could not append the eval row to {workdir / 'metrics.jsonl'} ({e.strerror}); "
+              "here it is (or pass --report FILE):", file=sys.stderr)
+        print(json.dumps(results))
+        return
+    print(f"appended the eval row to {workdir / 'metrics.jsonl'}")
 
 
 if __name__ == "__main__":

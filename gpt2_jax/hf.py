@@ -1,11 +1,12 @@
 """OpenAI's GPT-2 weights in and out, through Hugging Face's transformers format.
 
     python -m gpt2_jax.hf import gpt2-xl --workdir runs/gpt2-xl     # hub name or local directory
-    python -m gpt2_jax.hf export --workdir runs/mine [--step N] --out hf/mine
+    python -m gpt2_jax.hf export --workdir runs/mine [--step N] --out hf/mine [--force]
 
 `import` writes the weights as a step-0, params-only checkpoint that `evaluate`, `sample` and
 `train.init_from` read like any run's. `export` writes config.json + model.safetensors, which
-`transformers.GPT2LMHeadModel.from_pretrained` loads.
+`transformers.GPT2LMHeadModel.from_pretrained` loads, into a new or empty directory (--force:
+over what is there).
 
 transformers' GPT-2 stores its Conv1D weights (in, out), the orientation of our kernels, so the
 conversion is reshapes only: the fused q/k/v and head axes, the stacked layer axis, and the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from gpt2_jax import tokenizer
+from gpt2_jax.util import atomic
 from gpt2_jax.training.checkpoint import load_trained, save_params
 from gpt2_jax.config import base_config, model_config
 from gpt2_jax.errors import WeightsError, WorkdirError, exits_on_user_error
@@ -136,9 +139,19 @@ def config_from_hf(hf: dict) -> ml_collections.ConfigDict:
     return c
 
 
+def _safetensors():
+    """safetensors.numpy, which the [hf] extra installs."""
+    try:
+        from safetensors import numpy as safetensors_numpy
+    except ImportError:
+        raise WeightsError("reading or writing transformers weights needs safetensors: "
+                           "pip install -e '.[hf]'") from None
+    return safetensors_numpy
+
+
 def read_hf(source: str) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json, tensors) of a transformers checkpoint: a local directory or a hub name."""
-    from safetensors.numpy import load_file
+    load_file = _safetensors().load_file
 
     directory = Path(source)
     if not directory.is_dir():
@@ -201,18 +214,42 @@ def check_exportable(cfg: GPTConfig) -> None:
                                "only runs of the exact GPT-2 architecture export")
 
 
-def export_weights(workdir: str | Path, out: str | Path, step: int | None = None) -> int:
-    """Write the run's checkpoint as a transformers directory; returns the exported step."""
-    from safetensors.numpy import save_file
+def check_export_directory(out: Path, force: bool) -> None:
+    """`out` must be a directory that can be written and holds nothing (or `force`): an export
+    never silently replaces someone's config.json and weights."""
+    if out.exists() and not out.is_dir():
+        raise WorkdirError(f"--out {out}: a file, not a directory")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not force:
+        raise WorkdirError(f"--out {out}: not empty ({', '.join(held[:5])}); choose a new "
+                           "directory, or pass --force to overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"--out {out}: cannot create it ({e.strerror} on "
+                           f"{e.filename or out})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise WorkdirError(f"--out {out}: not writable by this user")
 
+
+def export_weights(workdir: str | Path, out: str | Path, step: int | None = None,
+                   force: bool = False) -> int:
+    """Write the run's checkpoint as a transformers directory; returns the exported step. The
+    files get the usual permissions (umask applied), like any file `open()` creates."""
+    serialize = _safetensors().save
+    out = Path(out)
+    check_export_directory(out, force)
     trained = load_trained(workdir, step)
     check_exportable(trained.model.config)
     params = jax.device_get(trained.params)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(hf_from_params(params, trained.model.config), out / "model.safetensors",
-              metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(hf_config(trained.model.config), indent=2) + "\n")
+    try:
+        atomic.write_bytes(out / "model.safetensors", serialize(
+            hf_from_params(params, trained.model.config), metadata={"format": "pt"}))
+        atomic.write_text(out / "config.json",
+                          json.dumps(hf_config(trained.model.config), indent=2) + "\n")
+    except OSError as e:
+        raise WorkdirError(f"--out {out}: cannot write {e.filename or out} "
+                           f"({e.strerror})") from None
     return trained.step
 
 
@@ -229,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     exports.add_argument("--workdir", required=True, help="the run to export")
     exports.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     exports.add_argument("--out", required=True, help="directory for config.json + model.safetensors")
+    exports.add_argument("--force", action="store_true",
+                         help="write into --out even if it holds files (replacing ours)")
     args = parser.parse_args(argv)
     if args.command == "import":
         c, n_params = import_weights(args.source, args.workdir)
@@ -237,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
               f"evaluate or sample with --workdir {args.workdir}, fine-tune with "
               f"--config.train.init_from={args.workdir}")
     else:
-        step = export_weights(args.workdir, args.out, args.step)
+        step = export_weights(args.workdir, args.out, args.step, args.force)
         print(f"exported {args.workdir} step {step} to {args.out} "
               "(transformers.GPT2LMHeadModel.from_pretrained loads it)")
 

@@ -73,7 +73,10 @@ def plot_runs(run_dirs: list[str], out: str) -> None:
         hs_ax.grid(alpha=0.3)
         hs_ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    try:
+        fig.savefig(out, dpi=110)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write it ({e.strerror})") from None
     print(f"wrote {out}")
 
 

@@ -11,7 +11,7 @@ import jax
 from gpt2_jax import tokenizer
 from gpt2_jax.training.checkpoint import load_trained
 from gpt2_jax.inference.decoding import decode_samples, generate
-from gpt2_jax.errors import exits_on_user_error
+from gpt2_jax.errors import ConfigError, exits_on_user_error
 
 
 @exits_on_user_error
@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timing", action="store_true",
                         help="decode twice and report the second (compiled) run's tokens/s")
     args = parser.parse_args(argv)
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature {args.temperature}: must be >= 0 (0 = greedy)")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num_samples {args.num_samples}: must be at least 1")
     trained = load_trained(args.workdir, args.step)
     prompt = tokenizer.encode(args.prompt) or [tokenizer.EOT_TOKEN]
 

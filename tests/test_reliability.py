@@ -2,8 +2,12 @@
 and the commands either carry on from what is intact, saying so in one line, or stop with one
 line naming the file and what is wrong. Real orbax checkpoints, damaged by the tests."""
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,12 +21,13 @@ import pytest
 
 from gpt2_jax import hf, plot
 from gpt2_jax.evaluation import hellaswag
-from gpt2_jax.training import metrics
+from gpt2_jax.training import metrics, run_history
 from gpt2_jax.training.checkpoint import load_trained
 from gpt2_jax.config import load_config
 from gpt2_jax.data import prepare
-from gpt2_jax.errors import (CheckpointError, ConfigError, EvalDataError, WeightsError,
-                             WorkdirError)
+from gpt2_jax.data.shards import open_shard
+from gpt2_jax.errors import (CheckpointError, ConfigError, DiskFullError, EvalDataError,
+                             ShardError, WeightsError, WorkdirError)
 from gpt2_jax.evaluate import main as evaluate_main
 from gpt2_jax.training.loop import train
 from gpt2_jax.training.workdir import LOCK_FILE, WorkdirLock, open_workdir
@@ -251,3 +256,381 @@ def test_prepare_writes_plain_progress_lines_when_not_on_a_terminal(tmp_path, ca
     err = capsys.readouterr().err
     assert "\r" not in err
     assert "out: 4,600/4,600 bytes" in err
+
+
+# Issue 33: the second pass (disk full, lost metrics, read-only places, the data tools).
+
+@contextlib.contextmanager
+def mounted_tmpfs(path, options):
+    """A tmpfs at `path` (root only; the test is skipped where mounting is not allowed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs",
+                                            str(path)], capture_output=True).returncode:
+        pytest.skip("needs root and mount(8) for a tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@contextlib.contextmanager
+def read_only(path):
+    """`path` (a directory) read-only for this process: a read-only bind mount as root (whom
+    permissions do not stop), else no write permission on it and its files."""
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "--bind", "-o", "ro", str(path), str(path)],
+                          capture_output=True).returncode:
+            pytest.skip("needs mount(8) for a read-only bind mount")
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(path)], check=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+        return
+    modes = {p: p.stat().st_mode for p in [path, *path.rglob("*")]}
+    for p in modes:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        yield path
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+
+
+def six_step_copy(six_step_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(six_step_run, workdir)
+    return workdir
+
+
+def assert_resumable_from(workdir, step):
+    """The checkpoints directory holds `step` complete and nothing half written."""
+    checkpoints = workdir / "checkpoints"
+    assert not [p.name for p in checkpoints.iterdir() if "tmp" in p.name]
+    assert load_trained(workdir).step == step
+
+
+@pytest.mark.slow
+def test_disk_full_on_a_small_tmpfs_stops_before_the_save_keeping_the_last_checkpoint(
+        tmp_path, capsys):
+    """A tiny run's checkpoint is about 19 MB: on a 30 MB disk the second one does not fit."""
+    with mounted_tmpfs(tmp_path / "disk", "size=30m") as disk:
+        with pytest.raises(DiskFullError) as error:
+            train(load_config(None, [*RUN, "--config.train.max_steps=9"]), disk / "run")
+        message = str(error.value)
+        assert message.startswith(f"disk full: {disk} (holding {disk / 'run' / 'checkpoints'}) "
+                                  "has ") and "checkpoint step 6 needs about 0.02 GiB" in message
+        assert "newest complete checkpoint, step 3, is kept" in message
+        assert "Traceback" not in capsys.readouterr().err
+        assert_resumable_from(disk / "run", 3)
+
+
+@pytest.mark.slow
+def test_a_save_that_runs_out_of_space_while_written_stops_the_run_and_removes_its_files(
+        tmp_path, capsys, caplog, monkeypatch):
+    """The free-space check fooled (another writer fills the disk mid-save): orbax's write
+    really fails with ENOSPC, in the background."""
+    from gpt2_jax.training import checkpoint
+
+    plenty = shutil.disk_usage(tmp_path)._replace(free=2**40)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: plenty)
+    with mounted_tmpfs(tmp_path / "disk", "size=30m") as disk:
+        with pytest.raises(DiskFullError, match=rf"^disk full: {disk} .*checkpoint step 6 ran "
+                                                r"out of space while written; removed its partial "
+                                                r"files\. Training stopped .*step 3, is kept"):
+            train(load_config(None, [*RUN, "--config.train.max_steps=9"]), disk / "run")
+        assert "Traceback" not in capsys.readouterr().err
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert_resumable_from(disk / "run", 3)
+
+
+@pytest.mark.slow
+def test_disk_full_without_a_tmpfs_by_a_fault_injected_free_space(tmp_path, monkeypatch):
+    from gpt2_jax.training import checkpoint
+
+    real = checkpoint.shutil.disk_usage
+    saves = []
+
+    def nearly_full(path):  # room for the first checkpoint only
+        saves.append(path)
+        return real(path)._replace(free=2**40 if len(saves) == 1 else 2**20)
+
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", nearly_full)
+    with pytest.raises(DiskFullError, match=r"has 0\.00 GiB free, and checkpoint step 6 needs "
+                                            r"about 0\.02 GiB.*step 3, is kept"):
+        train(load_config(None, [*RUN, "--config.train.max_steps=9"]), tmp_path / "run")
+    assert_resumable_from(tmp_path / "run", 3)
+
+
+def test_when_no_checkpoint_restores_the_run_stops_and_keeps_its_metrics(six_step_run, tmp_path):
+    workdir = six_step_copy(six_step_run, tmp_path)
+    for step in (3, 6):
+        DAMAGES["garbage state/_METADATA"](workdir / "checkpoints" / str(step))
+    rows = (workdir / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .* restores .* pass "
+                                              r"--config\.train\.resume=False"):
+        train(load_config(None, [*RUN, "--config.train.max_steps=7"]), workdir)
+    assert (workdir / "metrics.jsonl").read_text() == rows  # nothing erased
+    assert len(list((workdir / "checkpoints").glob("broken-*"))) == 2
+
+
+@pytest.mark.slow
+def test_a_restart_from_step_0_moves_the_earlier_starts_metrics_aside(tmp_path, capsys):
+    """As a kill before the first checkpoint leaves a workdir: rows and events, no checkpoint."""
+    workdir = tmp_path / "run"
+    (workdir / "tensorboard").mkdir(parents=True)
+    killed = "".join(json.dumps({"step": s, "loss": 10.0}) + "\n" for s in (1, 2))
+    (workdir / "metrics.jsonl").write_text(killed)
+    train(load_config(None, [*RUN, "--config.train.max_steps=2"]), workdir)
+    steps = [row["step"] for _, row in metrics.read_rows(workdir / "metrics.jsonl")[0]]
+    assert steps == [1, 2]  # once each
+    (old,) = workdir.glob("metrics.jsonl.before-*")
+    assert old.read_text() == killed
+    assert list(workdir.glob("tensorboard.before-*"))
+    assert f"no checkpoint to resume: moved the previous metrics.jsonl to {old.name}" in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["/proc/no-such-dir/run", "/proc/self/status/run"])
+def test_an_impossible_workdir_is_one_error_line(where):
+    from gpt2_jax.train import main as train_main
+
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["--workdir", where, *TINY])
+    assert str(exit_.value.code).startswith(f"error: --workdir {where}: ")
+    assert "\n" not in str(exit_.value.code)
+
+
+def test_a_new_workdir_on_a_read_only_mount_is_one_error_line(tmp_path):
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
+        with pytest.raises(WorkdirError, match=rf"^--workdir {mount / 'run'}: cannot create it "
+                                               rf"\(Read-only file system on {mount / 'run'}\)"):
+            open_workdir(mount / "run")
+
+
+def test_evaluate_of_a_read_only_run_prints_the_row_it_cannot_append(six_step_run, tmp_path,
+                                                                     capsys):
+    workdir = six_step_copy(six_step_run, tmp_path)
+    rows = (workdir / "metrics.jsonl").read_text()
+    with read_only(workdir):
+        evaluate_main(["--workdir", str(workdir), "--no_hellaswag", "--samples", "0"])
+        out, err = capsys.readouterr()
+        assert f"could not append the eval row to {workdir / 'metrics.jsonl'} (" in err
+        assert json.loads(out.strip().splitlines()[-1]) == {"step": 6}
+        evaluate_main(["--workdir", str(workdir), "--no_hellaswag", "--samples", "0",
+                       "--report", str(tmp_path / "report.json")])
+    assert json.loads((tmp_path / "report.json").read_text()) == {"step": 6}
+    assert (workdir / "metrics.jsonl").read_text() == rows
+
+
+def test_plot_into_a_read_only_directory_is_one_error_line(six_step_run, tmp_path):
+    (tmp_path / "out").mkdir()
+    with read_only(tmp_path / "out"):
+        with pytest.raises(SystemExit) as exit_:
+            plot.main([str(six_step_run), "--out", str(tmp_path / "out" / "curves.png")])
+    assert exit_.value.code.startswith(f"error: --out {tmp_path / 'out' / 'curves.png'}: "
+                                       "cannot write it (")
+
+
+def test_hf_export_to_a_file_is_one_error_line(six_step_run, tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        hf.main(["export", "--workdir", str(six_step_run), "--out", str(tmp_path / "afile")])
+    assert exit_.value.code == f"error: --out {tmp_path / 'afile'}: a file, not a directory"
+
+
+def test_hf_export_refuses_a_non_empty_directory_and_writes_readable_files(six_step_run,
+                                                                          tmp_path):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "config.json").write_text("mine")
+    with pytest.raises(WorkdirError, match=r"not empty \(config\.json\).*--force"):
+        hf.export_weights(six_step_run, out)
+    assert (out / "config.json").read_text() == "mine"
+    hf.export_weights(six_step_run, out, force=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "model.safetensors"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_hf_export_without_the_hf_extra_says_what_to_install(six_step_run, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import safetensors: ImportError
+    with pytest.raises(SystemExit) as exit_:
+        hf.main(["export", "--workdir", str(six_step_run), "--out", str(tmp_path / "hf")])
+    assert exit_.value.code == ("error: reading or writing transformers weights needs "
+                                "safetensors: pip install -e '.[hf]'")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("a.txt", b"text\xff\xfe\x00binary", r"a\.txt: not UTF-8 text \(byte 4\); a binary file\?"),
+    ("a.jsonl", b'{"text": "fine"}\n\xff\xfe\x00\n', r"a\.jsonl:2: not UTF-8 text"),
+    ("a.jsonl", b'{"text": "fine"}\n["a", "list"]\n',
+     r"a\.jsonl:2: not a JSON object with a 'text' field \(a list\)"),
+    ("a.jsonl", b'{"text": 42}\n', r"a\.jsonl:1: 'text' is a int, not a string"),
+])
+def test_prepare_names_the_file_and_line_of_input_that_is_not_text(tmp_path, name, content,
+                                                                   message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(SystemExit) as exit_:
+        prepare.main(["files", "--input", str(tmp_path / name), "--out", str(tmp_path / "out"),
+                      "--workers", "1"])
+    assert re.match(rf"error: {tmp_path}/{message}", exit_.value.code), exit_.value.code
+    assert "\n" not in exit_.value.code
+
+
+def test_prepare_of_a_corpus_smaller_than_one_shard_makes_a_train_shard_and_warns(tmp_path,
+                                                                                  capsys):
+    (tmp_path / "a.txt").write_text("Some text to tokenize. " * 200)  # 1,202 tokens
+    prepare.main(["files", "--input", str(tmp_path / "a.txt"), "--out", str(tmp_path / "out"),
+                  "--workers", "1"])
+    assert "warning: the input holds 1,202 tokens, less than one --shard_size (100,000,000): " \
+           "wrote the first 120 as the val shard and the other 1,082 as one train shard" in \
+        capsys.readouterr().err
+    out = tmp_path / "out"
+    val, train_shard = out / "out_val_000000.bin", out / "out_train_000001.bin"
+    assert sorted((tmp_path / "out").glob("*.bin")) == [train_shard, val]
+    tokens = np.concatenate([open_shard(val), open_shard(train_shard)])
+    assert len(tokens) == 1202 and tokens[0] == 50256
+
+
+@pytest.mark.parametrize("files", [{"a.jsonl": ""}, {"a.jsonl": "\n\n"}, {"a.txt": ""}])
+def test_prepare_of_empty_input_is_an_error(tmp_path, files):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        prepare.main(["files", "--input", str(tmp_path / "a.*"), "--out", str(tmp_path / "out"),
+                      "--workers", "1"])
+    assert exit_.value.code.startswith("error: no text to tokenize in [")
+    assert not list((tmp_path / "out").glob("*.bin"))
+
+
+SHRINKING_SHARD = """
+import os, sys
+import numpy as np
+from gpt2_jax.data import pipeline
+from gpt2_jax.data.shards import HEADER_BYTES, write_shard
+from gpt2_jax.errors import exits_on_user_error
+
+@exits_on_user_error
+def main(path):
+    write_shard(path, np.arange(20_000) % 50_000)
+    batches = pipeline.train_batches([path], seq_len=16, accum_steps=1, local_batch=2, seed=0,
+                                     num_threads=2, prefetch=2, process_index=0, process_count=1)
+    next(batches)
+    os.truncate(path, HEADER_BYTES + 64)  # another process replaces or truncates the shard
+    for _ in range(2000):
+        next(batches)
+
+main(sys.argv[1])
+"""
+
+
+def test_a_shard_truncated_while_read_is_an_error_naming_it_not_a_sigbus(tmp_path):
+    path = tmp_path / "shard.bin"
+    result = subprocess.run([sys.executable, "-c", SHRINKING_SHARD, str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert re.fullmatch(rf"error: {path}: 1088 bytes now, but window \d+ needs bytes \d+-\d+: "
+                        r"the shard shrank while this run read it \(replaced or truncated\?\)\n",
+                        result.stderr), result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_resume_with_changed_settings_lists_them_and_keeps_the_earlier_config(six_step_run,
+                                                                              tmp_path, capsys):
+    workdir = six_step_copy(six_step_run, tmp_path)
+    train(load_config(None, [*RUN, "--config.train.max_steps=7", "--config.optim.lr=0.002",
+                             "--config.train.seed=5"]), workdir)
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if "with changed settings" in line]
+    assert line == ("resuming step 6 with changed settings: optim.lr: 0.001 -> 0.002; "
+                    "train.max_steps: 6 -> 7; train.seed: 0 -> 5")
+    kept = json.loads((workdir / "config.before-6.json").read_text())
+    assert (kept["optim"]["lr"], kept["train"]["max_steps"]) == (0.001, 6)
+    assert json.loads((workdir / "config.json").read_text())["optim"]["lr"] == 0.002
+
+
+@pytest.mark.parametrize("flag, message", [
+    (["--temperature", "-1"], "error: --temperature -1.0: must be >= 0 (0 = greedy)"),
+    (["--num_samples", "0"], "error: --num_samples 0: must be at least 1"),
+])
+def test_sample_refuses_a_negative_temperature_and_no_samples(six_step_run, flag, message):
+    from gpt2_jax.sample import main as sample_main
+
+    with pytest.raises(SystemExit) as exit_:
+        sample_main(["--workdir", str(six_step_run), *flag])
+    assert exit_.value.code == message
+
+
+def test_a_deleted_metadata_file_is_named_and_the_fallback_logs_nothing(six_step_run, tmp_path,
+                                                                      capsys, caplog):
+    workdir = damaged_copy(six_step_run, tmp_path, DAMAGES["deleted state/_METADATA"])
+    with caplog.at_level(logging.INFO):
+        assert load_trained(workdir).step == 3
+    assert (f"checkpoint step 6 is broken ({workdir / 'checkpoints' / '6' / 'state' / '_METADATA'}"
+            ": missing); trying the next newest") in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_lock_file_removed_by_its_leaving_holder_is_not_a_lock(tmp_path, monkeypatch):
+    """Trainer B opens train.lock while A holds it; A leaves (removing the file) and C starts
+    (creating a new one) before B's flock: B must see C, not lock the removed file."""
+    import gpt2_jax.training.workdir as workdir_module
+
+    a = WorkdirLock(tmp_path, print).__enter__()
+    real_flock, others = fcntl.flock, []
+
+    def flock_after_a_leaves_and_c_starts(fd, operation):
+        if not others:
+            a.__exit__(None, None, None)
+            others.append(WorkdirLock(tmp_path, print))
+            monkeypatch.setattr(workdir_module.fcntl, "flock", real_flock)
+            others[0].__enter__()
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(workdir_module.fcntl, "flock", flock_after_a_leaves_and_c_starts)
+    try:
+        with pytest.raises(WorkdirError, match=rf"in use by another trainer \(host "):
+            WorkdirLock(tmp_path, print).__enter__()
+    finally:
+        others[0].__exit__(None, None, None)
+
+
+@pytest.mark.slow
+def test_resume_false_moves_tensorboard_aside_with_the_checkpoints_and_metrics(six_step_run,
+                                                                              tmp_path):
+    workdir = six_step_copy(six_step_run, tmp_path)
+    assert (workdir / "tensorboard").is_dir()
+    train(load_config(None, [*RUN, "--config.train.max_steps=1", "--config.train.resume=False"]),
+          workdir)
+    for name in ("checkpoints", "metrics.jsonl", "tensorboard"):
+        assert len(list(workdir.glob(f"{name}.before-*"))) == 1, name
+    events = list((workdir / "tensorboard").iterdir())
+    assert len(events) == 1  # only the new run's curves
+
+
+def test_broken_checkpoints_are_reported_at_start_and_pruned_by_a_command(six_step_run, tmp_path,
+                                                                          capsys):
+    workdir = six_step_copy(six_step_run, tmp_path)
+    broken = workdir / "checkpoints" / "broken-9-20260101-000000"
+    (broken / "state").mkdir(parents=True)
+    (broken / "state" / "d").write_bytes(b"\0" * 2**20)
+    train(load_config(None, [*RUN, "--config.train.max_steps=6"]), workdir)  # nothing to do
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"workdir: {workdir}"
+    assert (f"1 broken checkpoint(s) set aside earlier take 0.00 GiB ({broken}); `python -m "
+            f"gpt2_jax.training.run_history --workdir {workdir} --prune_broken` deletes them") in lines
+    run_history.main(["--workdir", str(workdir), "--prune_broken"])
+    assert f"deleted broken checkpoint {broken}" in capsys.readouterr().out
+    assert not broken.exists() and (workdir / "checkpoints" / "6").is_dir()
+
+
+def test_missing_shards_point_to_the_prepare_command():
+    from gpt2_jax.data.shards import find_shards
+
+    with pytest.raises(ShardError, match=r"no shard files match 'nowhere/\*\.bin'; make them with "
+                                         r"`python -m gpt2_jax\.data\.prepare`"):
+        find_shards("nowhere/*.bin")

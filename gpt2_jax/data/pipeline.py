@@ -13,21 +13,27 @@ Ordering semantics (what a resumed or multi-host run relies on):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import grain
 import jax
 import numpy as np
 
-from gpt2_jax.data.shards import open_shard, read_token_count
+from gpt2_jax.data.shards import HEADER_BYTES, read_token_count
 from gpt2_jax.errors import ShardError
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
 
 class WindowSource:
-    """Random access to every (seq_len + 1)-token window of a list of shards."""
+    """Random access to every (seq_len + 1)-token window of a list of shards.
+
+    A window is read with pread, not through a memory map: a shard truncated under a running
+    trainer (a copy still in progress, a file replaced) is then a short read, an error naming
+    the shard, where a memory map would kill the process with SIGBUS and no message."""
 
     def __init__(self, files: list[str], seq_len: int):
+        self._fds: list[int] | None = None  # opened lazily, once per process
         self.files = list(files)
         self.seq_len = seq_len
         windows = []
@@ -38,20 +44,30 @@ class WindowSource:
                                  f"seq_len + 1 = {seq_len + 1}")
             windows.append((n_tokens - 1) // seq_len)
         self._first_window = np.cumsum([0] + windows)
-        self._mmaps: list[np.memmap] | None = None  # opened lazily, once per process
 
     def __len__(self) -> int:
         return int(self._first_window[-1])
 
     def __getitem__(self, index: int) -> np.ndarray:
-        if self._mmaps is None:
-            self._mmaps = [open_shard(path) for path in self.files]
+        if self._fds is None:
+            self._fds = [os.open(path, os.O_RDONLY) for path in self.files]
         shard = int(np.searchsorted(self._first_window, index, side="right")) - 1
         start = (int(index) - int(self._first_window[shard])) * self.seq_len
-        return np.asarray(self._mmaps[shard][start:start + self.seq_len + 1], dtype=np.int32)
+        n_bytes, offset = 2 * (self.seq_len + 1), HEADER_BYTES + 2 * start
+        data = os.pread(self._fds[shard], n_bytes, offset)
+        if len(data) != n_bytes:
+            path = self.files[shard]
+            raise ShardError(f"{path}: {os.path.getsize(path)} bytes now, but window {index} "
+                             f"needs bytes {offset}-{offset + n_bytes}: the shard shrank while "
+                             "this run read it (replaced or truncated?)")
+        return np.frombuffer(data, dtype="<u2").astype(np.int32)
 
-    def __getstate__(self):  # memory maps do not travel to worker processes; they reopen there
-        return {**self.__dict__, "_mmaps": None}
+    def __getstate__(self):  # file descriptors do not travel to worker processes; they reopen
+        return {**self.__dict__, "_fds": None}
+
+    def __del__(self):
+        for fd in self._fds or ():
+            os.close(fd)
 
 
 def train_batches(files: list[str], *, seq_len: int, accum_steps: int, local_batch: int,

@@ -38,29 +38,58 @@ FINEWEB_SAMPLE_TOKENS = {"10BT": 10e9, "100BT": 100e9, "350BT": 350e9}
 
 def read_local_documents(files: list[str], text_field: str = "text") -> Iterator[str]:
     """Documents of local files in order: a .txt file is one document, a .jsonl line or a
-    .parquet row is one (its `text_field`)."""
+    .parquet row is one (its `text_field`). Anything that is not text (a binary file, a JSON line
+    that is not an object, a `text_field` that is not a string) is an error naming the file and
+    line (or row), raised here rather than deep in a tokenizer process."""
     for path in files:
         suffix = Path(path).suffix
         if suffix == ".txt":
-            yield Path(path).read_text(encoding="utf-8")
+            try:
+                yield Path(path).read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: not UTF-8 text (byte {e.start}); a binary "
+                                "file?") from None
         elif suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
-                for line_number, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            yield json.loads(line)[text_field]
-                        except (json.JSONDecodeError, KeyError) as e:
-                            raise DataError(f"{path}:{line_number}: not a JSON object with a "
-                                             f"{text_field!r} field ({e})") from None
+            yield from _jsonl_documents(path, text_field)
         elif suffix == ".parquet":
             try:
                 import pyarrow.parquet as pq
             except ImportError:
                 raise UserError("reading .parquet needs pyarrow: pip install pyarrow") from None
             table = pq.read_table(path, columns=[text_field])
-            yield from table.column(text_field).to_pylist()
+            for row, text in enumerate(table.column(text_field).to_pylist()):
+                yield _text(text, f"{path}: row {row}", text_field)
         else:
             raise DataError(f"{path}: unsupported file type {suffix!r} (use .txt, .jsonl or .parquet)")
+
+
+def _jsonl_documents(path: str, text_field: str) -> Iterator[str]:
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, 1):
+            where = f"{path}:{line_number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 text (byte {e.start} of the line); a "
+                                "binary file?") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not a JSON object with a {text_field!r} field "
+                                f"({e})") from None
+            if not isinstance(row, dict) or text_field not in row:
+                keys = f" with keys {sorted(row)[:5]}" if isinstance(row, dict) else ""
+                raise DataError(f"{where}: not a JSON object with a {text_field!r} field "
+                                f"(a {type(row).__name__}{keys})")
+            yield _text(row[text_field], where, text_field)
+
+
+def _text(value, where: str, text_field: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{where}: {text_field!r} is a {type(value).__name__}, not a string")
+    return value
 
 
 def read_fineweb_documents(sample: str, edu: bool) -> Iterator[str]:
@@ -102,7 +131,19 @@ class ShardWriter:
                             offset=0 if ends_here else doc_offset + start)
 
     def close(self) -> None:
-        """Write the last, partial shard and mark the run complete."""
+        """Write the last, partial shard and mark the run complete. An input that fits in one
+        shard would leave only the val shard, and nothing to train on: its first tenth becomes
+        the val shard and the rest a train shard, with a warning."""
+        if self.filled and self.state["shards"] == 0:
+            n_val = max(1, self.filled // 10)
+            print(f"warning: the input holds {self.filled:,} tokens, less than one --shard_size "
+                  f"({self.shard_size:,}): wrote the first {n_val:,} as the val shard and the "
+                  f"other {self.filled - n_val:,} as one train shard (a smaller --shard_size "
+                  "makes more shards)", file=sys.stderr)
+            write_shard(self.shard_path(0), self.buffer[:n_val])
+            self.buffer[:self.filled - n_val] = self.buffer[n_val:self.filled].copy()
+            self.filled -= n_val
+            self.state["shards"] = 1
         if self.filled:
             self._flush(next_doc=None, offset=0)
         self.state["complete"] = True
@@ -155,16 +196,21 @@ def prepare(documents: Iterable[str], out_dir: str | Path, name: str, source: di
     texts = itertools.islice(documents, first_doc, None)
     workers = workers or max(1, (os.cpu_count() or 2) - 1)
     bar = progress(total=progress_total, unit=progress_unit, desc=name)
-    n_tokens = 0
+    n_tokens = n_docs = 0
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         docs = pool.imap(_tokenize_and_measure, texts, chunksize=16)
         for doc_index, (n_bytes, tokens) in enumerate(docs, start=first_doc):
             offset = first_offset if doc_index == first_doc else 0
             writer.add(doc_index, tokens[offset:], doc_offset=offset)
             n_tokens += len(tokens) - offset
+            n_docs += 1
             bar.update(n_bytes if progress_unit == "bytes" else len(tokens) - offset)
             bar.set_postfix(docs=doc_index + 1, tokens=f"{n_tokens:,}", shards=state["shards"],
                             refresh=False)
+    if not state["shards"] and n_tokens == n_docs:  # <|endoftext|> per document, and nothing else
+        bar.close()
+        raise DataError(f"no text to tokenize in {source.get('files', source)} "
+                        f"({n_docs} document(s), all empty); nothing written")
     writer.close()
     bar.total = bar.n  # the input's size was an estimate (JSON/parquet overhead): end at 100%
     bar.close()
@@ -211,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         prepare(documents, args.out, name, source, shard_size=args.shard_size,
                 workers=args.workers, progress_total=total, progress_unit=unit)
     except DataError as e:  # unreadable input: name the file and line, keep finished shards
+        if not any(Path(args.out).glob("*.bin")):
+            raise
         raise DataError(f"{e}; shards finished so far are kept, and a rerun resumes after "
                         "them") from None
 

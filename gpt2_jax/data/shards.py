@@ -66,5 +66,6 @@ def find_shards(pattern: str) -> list[str]:
     """Sorted files matching a glob pattern; an empty match is an error naming the pattern."""
     files = sorted(glob.glob(os.path.expanduser(pattern)))
     if not files:
-        raise ShardError(f"no shard files match {pattern!r}")
+        raise ShardError(f"no shard files match {pattern!r}; make them with `python -m "
+                         "gpt2_jax.data.prepare` (README: Data)")
     return files

@@ -6,15 +6,21 @@ previous checkpoint as the newest usable one. Saves are asynchronous: the train 
 while the arrays are copied off the devices. A checkpoint damaged later (a file truncated,
 overwritten or deleted) fails to restore: the trainer moves it aside to
 `checkpoints/broken-<step>-<time>/` and resumes from the next newest; evaluation and sampling fall
-back to the next newest without touching the run.
+back to the next newest without touching the run. A save the disk has no room for (checked before
+it starts, or found when orbax's write fails) stops the run in one line, its partial files removed
+and the newest complete checkpoint kept.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import inspect
 import logging
+import os
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +33,7 @@ from jax.sharding import Mesh
 
 from gpt2_jax.parallel import sharding
 from gpt2_jax.config import PALLAS_KERNEL_KEYS, model_config
-from gpt2_jax.errors import CheckpointError
+from gpt2_jax.errors import CheckpointError, DiskFullError
 from gpt2_jax.model import GPT, abstract_params, param_logical_specs
 
 
@@ -66,11 +72,18 @@ class BrokenCheckpoint(Exception):
     files. The message is the item's path and what failed."""
 
 
+# The file each item's restore starts from: orbax's own error when it is missing does not name it.
+ITEM_METADATA = {"state": "_METADATA", "data": "metadata", "config": "metadata"}
+
+
 def _restore_item(manager: ocp.CheckpointManager, step: int, item: str, args) -> Any:
     """One item of checkpoint `step`; any failure to read it raises BrokenCheckpoint (a failure
     for want of memory is not the checkpoint's fault and propagates as it is)."""
+    metadata = Path(manager.directory) / str(step) / item / ITEM_METADATA[item]
+    if not metadata.is_file():
+        raise BrokenCheckpoint(f"{metadata}: missing")
     try:
-        with guarded_restore():
+        with _silenced_leftovers():
             return getattr(manager.restore(step, args=ocp.args.Composite(**{item: args})), item)
     except Exception as e:  # noqa: BLE001 - orbax, tensorstore and json fail in many ways
         if is_out_of_memory(e):
@@ -88,6 +101,12 @@ class Checkpointer:
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoints directory at {self.directory}")
         self.skipped = incomplete_checkpoints(self.directory)
+        self._writing = None  # the step of the newest save started
+        # A background save that fails (a full disk) does so on orbax's threads, which print
+        # tracebacks while training goes on; the failure itself is raised by the next save.
+        self._quiet = contextlib.ExitStack()
+        if not read_only:
+            self._quiet.enter_context(_silenced_leftovers())
         with _quiet_read_only():
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=keep, keep_period=keep_period or None, create=not read_only,
@@ -113,11 +132,51 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: dict,
              config: ml_collections.ConfigDict) -> None:
-        """Start an asynchronous save; returns once the arrays are off the devices."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state),
-            config=ocp.args.JsonSave(config.to_dict())), force=True)
+        """Start an asynchronous save; returns once the arrays are off the devices. Refuses,
+        before writing anything, a save the disk has no room for; a save that runs out of room
+        anyway (the previous one, still in the background, or this one) raises DiskFullError
+        here or in `wait`, its partial files removed."""
+        needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+        free = shutil.disk_usage(self.directory).free
+        with self._disk_full_as_error(self._writing or step):
+            self.manager.check_for_errors()  # the previous, background save
+        if needed > free:
+            raise DiskFullError(self._disk_full_message(step, needed, free, written=False))
+        self._writing = step
+        with self._disk_full_as_error(step):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                config=ocp.args.JsonSave(config.to_dict())), force=True)
+
+    @contextlib.contextmanager
+    def _disk_full_as_error(self, step: int):
+        """An orbax failure for want of space -> DiskFullError, with the partial checkpoint
+        removed."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - orbax wraps tensorstore's error in several ways
+            if not is_disk_full(e):
+                raise
+            self._quiet.pop_all()  # orbax's leftovers of the failure stay silent
+            for partial in incomplete_checkpoints(self.directory):
+                shutil.rmtree(partial, ignore_errors=True)
+            failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(e))  # orbax names the path
+            raise DiskFullError(self._disk_full_message(
+                int(failed.group(1)) if failed else step, None,
+                shutil.disk_usage(self.directory).free, written=True)) from None
+
+    def _disk_full_message(self, step: int, needed: int | None, free: int, written: bool) -> str:
+        newest = self.manager.latest_step()
+        kept = (f"the newest complete checkpoint, step {newest}, is kept" if newest
+                else "no checkpoint was complete yet")
+        return (f"disk full: {_mount_point(self.directory)} (holding {self.directory}) has "
+                f"{free / 2**30:.2f} GiB free"
+                + (f", and checkpoint step {step} needs about {needed / 2**30:.2f} GiB"
+                   if needed else f"; checkpoint step {step} ran out of space while written")
+                + ("; removed its partial files" if written else "")
+                + f". Training stopped rather than go on without checkpoints ({kept}); free "
+                "space (or lower train.keep_checkpoints) and run the same command to resume")
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """(state, data-iterator state) of `step`, laid out as `abstract_state` says (its
@@ -131,10 +190,16 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until every pending save is on disk."""
-        self.manager.wait_until_finished()
+        with self._disk_full_as_error(self._writing):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        except Exception as e:  # noqa: BLE001 - a failed save, already raised by save or wait
+            if not is_disk_full(e):
+                raise
+        self._quiet.close()
 
 
 def restore_params(directory: str | Path, step: int, abstract: Any) -> Any:
@@ -174,35 +239,71 @@ def describe_failure(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0][:300] if lines else 'no message'}"
 
 
+def _is_leftover(unraisable) -> bool:
+    """An error orbax's unfinished work prints from other threads after an operation failed:
+    future callbacks on a closed event loop, never-awaited coroutines."""
+    closed_loop = (isinstance(unraisable.exc_value, RuntimeError)
+                   and str(unraisable.exc_value) == "Event loop is closed")
+    return closed_loop or inspect.iscoroutine(unraisable.object)
+
+
 @contextlib.contextmanager
-def guarded_restore():
-    """Around a restore that may fail on a damaged checkpoint. When one does, orbax's unfinished
-    reads die on other threads and print tracebacks (future callbacks on a closed event loop,
-    task exceptions never retrieved, never-awaited coroutines), some of them later. The caller
-    reports the failure in one line, so those are silenced while the restore runs and, if it
-    failed, for the rest of the process."""
+def _silenced_leftovers():
+    """Around an orbax operation whose failure the caller reports in one line: its unfinished
+    work dies on other threads and prints tracebacks (and logs each failure again), some of
+    them later. They are silenced while the operation runs and, if it failed, for the rest of
+    the process."""
     loggers = [logging.getLogger(name) for name in ("asyncio", "concurrent.futures")]
     disabled = [logger.disabled for logger in loggers]
+    absl = logging.getLogger("absl")
     unraisable_hook = sys.unraisablehook
 
     def drop_leftovers(unraisable):
-        closed_loop = (isinstance(unraisable.exc_value, RuntimeError)
-                       and str(unraisable.exc_value) == "Event loop is closed")
-        if not (closed_loop or inspect.iscoroutine(unraisable.object)):
+        if not _is_leftover(unraisable):
             unraisable_hook(unraisable)
 
     for logger in loggers:
         logger.disabled = True
+    absl.addFilter(_not_a_failure_raised_here)
     sys.unraisablehook = drop_leftovers
     yield  # an exception propagates, and the silence stays
     for logger, was_disabled in zip(loggers, disabled):
         logger.disabled = was_disabled
+    absl.removeFilter(_not_a_failure_raised_here)
     sys.unraisablehook = unraisable_hook
+
+
+def _not_a_failure_raised_here(record: logging.LogRecord) -> bool:
+    """orbax logs, at ERROR, each failure of its threads that it then raises to the caller (the
+    caller reports a full disk, or a damaged checkpoint, in one line)."""
+    if record.levelno < logging.ERROR:
+        return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not ("raised an exception" in record.getMessage()
+                or (error is not None and is_disk_full(error)))
 
 
 def is_out_of_memory(error: BaseException) -> bool:
     """A restore that failed for want of memory says nothing about the checkpoint."""
-    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
+    return isinstance(error, MemoryError) or ("RESOURCE_EXHAUSTED" in str(error)
+                                              and not is_disk_full(error))
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An OSError ENOSPC, or orbax's / tensorstore's wrapping of one (which keeps only its text)."""
+    while error is not None:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the file system holding `path` (what `df` names)."""
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
 
 
 def check_same_model(saved: dict, config: ml_collections.ConfigDict, where: str,

@@ -19,7 +19,7 @@ import numpy as np
 from gpt2_jax import tokenizer
 from gpt2_jax.evaluation import hellaswag
 from gpt2_jax.parallel import sharding
-from gpt2_jax.training import metrics
+from gpt2_jax.training import metrics, run_history
 from gpt2_jax.training.checkpoint import (MODEL_SHAPE_KEYS, BrokenCheckpoint, Checkpointer,
                                  check_same_model, describe_failure, restore_params)
 from gpt2_jax.config import check_tensor_parallelism
@@ -30,7 +30,8 @@ from gpt2_jax.training.health import health_line, make_health_fn
 from gpt2_jax.model import count_params, flops_per_token
 from gpt2_jax.parallel.sharding import BatchLayout
 from gpt2_jax.training.step import build_training, make_evaluator
-from gpt2_jax.training.workdir import WorkdirLock, open_workdir, set_aside_previous_run
+from gpt2_jax.training.workdir import (WorkdirLock, open_workdir, set_aside_history,
+                              set_aside_previous_run)
 
 
 def hellaswag_examples(c: ml_collections.ConfigDict) -> list[hellaswag.Rendered]:
@@ -217,8 +218,8 @@ def resume_newest_good(ckpt: Checkpointer, c: ml_collections.ConfigDict, abstrac
                        train_batches, say) -> tuple[int, object, list[dict]]:
     """(step, state, events) of the newest checkpoint that restores, the data iterator set to its
     position. Each broken one on the way is moved aside, said in one line and returned as an
-    event row; a checkpoint of another model is refused, not skipped. (0, None, events) when
-    none is left."""
+    event row; a checkpoint of another model is refused, not skipped. When none restores, the
+    run stops rather than start over on its own: the user says so with train.resume=False."""
     events = []
     while step := ckpt.latest_step():
         try:
@@ -237,7 +238,11 @@ def resume_newest_good(ckpt: Checkpointer, c: ml_collections.ConfigDict, abstrac
             "the newest checkpoint before it")
         events.append({"step": step, "event": "broken_checkpoint", "reason": reason,
                        "moved_to": str(moved)})
-    return 0, None, events
+    ckpt.close()
+    raise CheckpointError(f"no checkpoint in {ckpt.directory} restores (each is set aside as "
+                          "broken-*, the reasons above); to train from scratch, pass "
+                          "--config.train.resume=False, which moves this run's checkpoints and "
+                          "metrics aside")
 
 
 def train(c: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
@@ -249,6 +254,7 @@ def train(c: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
     is_main = jax.process_index() == 0
     say = (lambda *a: print(*a, flush=True)) if is_main else (lambda *a: None)
     workdir = open_workdir(workdir) if is_main else Path(workdir)
+    say(f"workdir: {workdir.absolute()}")
     with WorkdirLock(workdir, say) if is_main else contextlib.nullcontext():
         return _train(c, workdir, say, is_main)
 
@@ -269,6 +275,7 @@ def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> T
                         keep_period=t.keep_checkpoint_every)
     for path in ckpt.skipped:
         say(f"skipping incomplete checkpoint {path} (interrupted while being written)")
+    run_history.report_broken(workdir, say)
     if ckpt.latest_step() == 0:
         ckpt.close()
         raise CheckpointError(f"{ckpt.directory} holds imported weights (a step-0 checkpoint "
@@ -293,10 +300,9 @@ def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> T
             for line in metrics.truncate_rows(workdir, start_step):
                 say(f"dropped line {line} of {workdir / 'metrics.jsonl'}: not a complete row "
                     "(torn by a kill mid-write)")
-            if start_step:
-                say(f"resumed from checkpoint step {start_step} in {ckpt.directory}")
-            else:
-                say(f"no checkpoint in {ckpt.directory} restores: training from scratch")
+            say(f"resumed from checkpoint step {start_step} in {ckpt.directory}")
+        elif is_main:
+            set_aside_history(workdir, say)
         if not start_step:
             state = training.init_state(t.seed)
             if t.init_from:
@@ -315,7 +321,8 @@ def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> T
         say(f"batch: {t.total_batch_size:,} tokens/step = {layout.accum_steps} micro-step(s) x "
             f"{layout.global_micro_batch} sequences x {t.seq_len} tokens")
         if is_main:
-            (workdir / "config.json").write_text(c.to_json_best_effort(indent=2) + "\n")
+            run_history.record_config(workdir, c, start_step,
+                                      ckpt.saved_config(start_step) if start_step else None, say)
 
         log = metrics.MetricsLog(workdir, enabled=is_main, tensorboard=t.tensorboard)
         for event in events:
