@@ -16,8 +16,8 @@ import jax
 from gpt2_jax import hellaswag, tokenizer
 from gpt2_jax.checkpoint import Trained, load_trained
 from gpt2_jax.data.sources import data_files, validation_batches
-from gpt2_jax.decoding import decode_samples, generate
 from gpt2_jax.errors import EvalDataError, exits_on_user_error
+from gpt2_jax.inference import complete
 from gpt2_jax.metrics import MetricsLog
 from gpt2_jax.sharding import BatchLayout
 from gpt2_jax.step import make_evaluator
@@ -85,11 +85,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{results['hellaswag_acc_unnormalized']:.4f} on {len(examples)} examples")
 
     if args.samples:
-        prompt = [tokenizer.EOT_TOKEN]
-        tokens = generate(trained.model, jax.device_get(trained.params), prompt,
-                          min(64, c.model.block_size - 1), num_samples=args.samples, top_k=200)
-        for i, text in enumerate(decode_samples(tokens, 1, stop_at_eot=True)):
-            print(f"--- sample {i + 1}\n{text}")
+        samples = complete(trained.model.config, trained.params, [tokenizer.EOT_TOKEN],
+                           min(64, c.model.block_size - 1), num_samples=args.samples,
+                           top_k=200, stop_at_eot=True)
+        for i, sample in enumerate(samples):
+            print(f"--- sample {i + 1}\n{sample.text}")
 
     if args.report:
         Path(args.report).write_text(json.dumps(results, indent=2) + "\n")
