@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import math
 import threading
-from collections import deque
+from collections import Counter, deque
 from typing import Any, Callable
 
 import jax
@@ -78,7 +78,7 @@ class Request:
     """One sequence in the engine. `text` grows as tokens come (held back while its end could
     still be the start of a stop string); `on_update(request, new_text)` is called from the
     engine's thread each time, and once more when it finishes (`finish_reason` set: "stop" or
-    "length", or "cancelled")."""
+    "length"; "cancelled", or "error" after a failed step)."""
 
     prompt: list[int]
     params: SamplingParams
@@ -178,6 +178,7 @@ class Engine:
         self.rows = {name: np.zeros(max_batch, dtype) for name, dtype in _ROW_FIELDS.items()}
         self.slots: list[Request | None] = [None] * max_batch
         self.pending: deque[Request] = deque()
+        self.finished: Counter[str] = Counter()  # requests ended, by finish_reason
 
     def _check_fits(self, params: Any) -> None:
         limit = (self.device.memory_stats() or {}).get("bytes_limit")
@@ -196,8 +197,11 @@ class Engine:
     def submit(self, prompt: list[int], params: SamplingParams,
                on_update: Callable[[Request, str], None] | None = None) -> Request:
         """Queue a request (RequestError if it cannot be served); it joins at the next step."""
-        params.check(len(prompt), self.cfg.block_size)
-        request = Request(list(prompt), params, on_update)
+        return self.add(Request(list(prompt), params, on_update))
+
+    def add(self, request: Request) -> Request:
+        """Queue a Request made elsewhere (the server makes them on its own threads)."""
+        request.params.check(len(request.prompt), self.cfg.block_size)
         self.pending.append(request)
         return request
 
@@ -225,6 +229,17 @@ class Engine:
         if self.rows["active"].any():
             self._run_chunk()
         return self.busy
+
+    def abort(self) -> None:
+        """After a failed step: finish every request held with finish_reason "error", free the
+        slots and start from an empty cache (a failed call may have consumed the donated one)."""
+        for request in [*self.pending, *(r for r in self.slots if r is not None)]:
+            self._finish(request, "error")
+        self.pending.clear()
+        for slot in range(self.max_batch):
+            self._free(slot)
+        self.cache = jax.device_put(forward.empty_cache(self.cfg, self.max_batch, self.dtype),
+                                    self.device)
 
     def _dropped(self, request: Request) -> bool:
         if request.cancelled and request.finish_reason is None:
@@ -318,6 +333,7 @@ class Engine:
 
     def _finish(self, request: Request, reason: str, new_text: str = "") -> None:
         request.finish_reason = reason
+        self.finished[reason] += 1
         if request.on_update:
             request.on_update(request, new_text)
         request.done.set()
