@@ -1,4 +1,5 @@
-"""Training throughput: the compiled step alone, or the real training loop on real data.
+"""Training throughput: the compiled step alone, or the real training loop on real data (and
+with --decode, the inference engine's decode throughput: gpt2_jax/inference/bench.py).
 
     python -m gpt2_jax.bench --config configs/gpt2_124m.py [--config.KEY=VALUE ...]
         [--loop] [--steps 10] [--warmup 3] [--window 100]
@@ -31,6 +32,7 @@ import json
 import os
 import shlex
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +43,7 @@ from gpt2_jax import metrics, profiling, sharding
 from gpt2_jax.config import DEFAULT_CONFIG_PATH, load_config, model_config
 from gpt2_jax.distributed import initialize
 from gpt2_jax.errors import ConfigError, UserError, exits_on_user_error
+from gpt2_jax.inference import bench as decode_bench
 from gpt2_jax.loop import train
 from gpt2_jax.model import count_params, flops_per_token
 from gpt2_jax.sharding import BatchLayout
@@ -187,6 +190,9 @@ def results_record(config_name: str, overrides: list[str], r: dict, steps: int, 
 
 @exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--decode" in argv:
+        return decode_bench.main(argv)
     parser = argparse.ArgumentParser(prog="python -m gpt2_jax.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)

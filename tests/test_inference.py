@@ -183,3 +183,13 @@ def test_complete_seeds_each_sample_and_cancelled_requests_free_their_slot(gpt2)
     engine.step()
     request.cancel()
     assert not engine.step() and request.finish_reason == "cancelled" and request.done.is_set()
+
+
+def test_blockwise_top_k_values_equal_lax_top_k():
+    from gpt2_jax.inference.sampling import top_k_values
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 50, (3, 1000)).astype(np.float32))  # many ties
+    x = x.at[1, 500:].set(-jnp.inf)
+    for k in (1, 7, 64):
+        np.testing.assert_array_equal(top_k_values(x, k, block=4), jax.lax.top_k(x, k)[0])

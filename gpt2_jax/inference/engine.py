@@ -225,7 +225,7 @@ class Engine:
         for slot, request in enumerate(self.slots):
             if request is not None and self._dropped(request):
                 self._free(slot)
-        self._admit()
+        self.admit()
         if self.rows["active"].any():
             self._run_chunk()
         return self.busy
@@ -247,7 +247,8 @@ class Engine:
         return request.cancelled
 
     # -- prefill and insert ---------------------------------------------------------------------
-    def _admit(self) -> None:
+    def admit(self) -> None:
+        """Prefill waiting requests into free slots (each draws its first token)."""
         free = [slot for slot, r in enumerate(self.slots) if r is None]
         admitted = [self.pending.popleft() for _ in range(min(len(free), len(self.pending)))]
         by_length: dict[int, list[Request]] = {}

@@ -30,6 +30,20 @@ def k_cap(temperatures, top_ks, top_ps, vocab_size: int) -> int:
     return next((cap for cap in K_CAPS if cap >= needed), vocab_size)
 
 
+def top_k_values(x_BxV: jax.Array, k: int, block: int = 16) -> jax.Array:
+    """The k largest values of each row, largest first. Exact, from the k blocks (of `block`
+    adjacent ids) with the largest maxima, which hold all of them: XLA's top_k on a GPU sorts
+    the whole row, so this sorts k * block candidates instead of the vocabulary."""
+    B, V = x_BxV.shape
+    if k * block >= V:
+        return jax.lax.top_k(x_BxV, k)[0]
+    x_BxNxb = jnp.pad(x_BxV, ((0, 0), (0, -V % block)), constant_values=-jnp.inf
+                      ).reshape(B, -1, block)
+    blocks_Bxk = jax.lax.top_k(jnp.max(x_BxNxb, axis=-1), k)[1]
+    candidates = jnp.take_along_axis(x_BxNxb, blocks_Bxk[:, :, None], axis=1)
+    return jax.lax.top_k(candidates.reshape(B, k * block), k)[0]
+
+
 def sample(logits_BxV: jax.Array, seeds_B: jax.Array, indices_B: jax.Array,
            temperature_B: jax.Array, top_k_B: jax.Array, top_p_B: jax.Array,
            cap: int) -> jax.Array:
@@ -42,7 +56,7 @@ def sample(logits_BxV: jax.Array, seeds_B: jax.Array, indices_B: jax.Array,
         return greedy_B
     scaled_BxV = logits_BxV / jnp.maximum(temperature_B, 1e-6)[:, None]
     if cap > 0:
-        sorted_BxC = jax.lax.top_k(scaled_BxV, cap)[0]
+        sorted_BxC = top_k_values(scaled_BxV, cap)
         rank_C = jnp.arange(cap)
         in_top_k_BxC = (top_k_B[:, None] <= 0) | (rank_C[None, :] < top_k_B[:, None])
         probs_BxC = jax.nn.softmax(jnp.where(in_top_k_BxC, sorted_BxC, -jnp.inf), axis=-1)
