@@ -78,3 +78,12 @@ def exits_on_user_error(main: Callable) -> Callable:
             sys.exit(f"error: {e}")
 
     return command
+
+
+class RequestError(UserError, ValueError):
+    """An inference request that cannot be served (a prompt too long for the context, a setting
+    out of range); `param` names the offending field, as the message does."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(f"{param}: {message}")
+        self.param = param

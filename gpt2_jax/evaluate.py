@@ -18,8 +18,8 @@ from gpt2_jax import tokenizer
 from gpt2_jax.evaluation import hellaswag
 from gpt2_jax.training.checkpoint import Trained, load_trained
 from gpt2_jax.data.sources import data_files, validation_batches
-from gpt2_jax.inference.decoding import decode_samples, generate
 from gpt2_jax.errors import EvalDataError, UserError, exits_on_user_error
+from gpt2_jax.inference import complete
 from gpt2_jax.training.metrics import MetricsLog
 from gpt2_jax.parallel.sharding import BatchLayout
 from gpt2_jax.training.step import make_evaluator
@@ -87,11 +87,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{results['hellaswag_acc_unnormalized']:.4f} on {len(examples)} examples")
 
     if args.samples:
-        prompt = [tokenizer.EOT_TOKEN]
-        tokens = generate(trained.model, jax.device_get(trained.params), prompt,
-                          min(64, c.model.block_size - 1), num_samples=args.samples, top_k=200)
-        for i, text in enumerate(decode_samples(tokens, 1, stop_at_eot=True)):
-            print(f"--- sample {i + 1}\n{text}")
+        samples = complete(trained.model.config, trained.params, [tokenizer.EOT_TOKEN],
+                           min(64, c.model.block_size - 1), num_samples=args.samples,
+                           top_k=200, stop_at_eot=True)
+        for i, sample in enumerate(samples):
+            print(f"--- sample {i + 1}\n{sample.text}")
 
     if args.report:
         try:

@@ -10,6 +10,7 @@ import pytest
 
 from gpt2_jax.bench import __main__ as bench
 from gpt2_jax.data import bench as data_bench
+from helpers import CONFIGS
 
 # A one-layer GPT-2 on the 8 fake CPU devices, 128 tokens a step.
 TINY_BENCH = ["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
@@ -74,3 +75,24 @@ def test_loop_bench_over_two_processes_reports_once(tmp_path):
     (row,) = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert row["processes"] == 2 and row["gpu"].startswith("2x ")
     assert "tok/s" in outputs[0] and "tok/s" not in outputs[1]
+
+
+def test_decode_bench_prints_rows_and_records_them_only_when_asked(tmp_path, capsys,
+                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--decode", "--config", str(CONFIGS / "gpt2_124m.py"), "--config.model.n_layer=1",
+            "--config.model.scan_unroll=1", "--config.model.n_embd=32",
+            "--config.model.n_head=2", "--batch", "2", "--prompt_tokens", "4",
+            "--new_tokens", "6", "--chunk_steps", "4", "--hf_modes", ""]
+    bench.main(tiny)
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+               if line.startswith("{")]
+    assert not list(tmp_path.rglob("*.jsonl"))  # nothing written unasked
+    bench.main([*tiny, "--record", "rows.jsonl", "--run_id", "test"])
+    (row,) = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert row["run_id"] == "test"
+    for r in (printed[0], row):
+        assert r["mode"] == "decode" and r["batch"] == 2
+        assert {"config", "gpu", "prompt_tokens", "new_tokens", "tokens_per_sec", "ms_per_step",
+                "ttft_ms", "command", "bound_tokens_per_sec"} <= set(r)
+        assert r["tokens_per_sec"] > 0 and r["ttft_ms"] > 0

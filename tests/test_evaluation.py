@@ -1,16 +1,14 @@
-"""Sampling with a KV cache, HellaSwag scoring, and the evaluate / sample commands."""
+"""HellaSwag scoring, and the evaluate / sample commands (the engine itself: test_inference.py)."""
 
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gpt2_jax import tokenizer
 from gpt2_jax.evaluation import hellaswag
 from gpt2_jax.model import GPT, GPTConfig
-from gpt2_jax.inference.decoding import generate
 from gpt2_jax.errors import EvalDataError
 from gpt2_jax.model import init_params
 
@@ -23,27 +21,6 @@ FIXTURE = FIXTURES / "hellaswag_mini.jsonl"
 def tiny():
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64))
     return model, init_params(model, jax.random.key(1))
-
-
-def test_kv_cache_decoding_equals_recomputing_the_whole_sequence(tiny):
-    model, params = tiny
-    prompt = [464, 3290, 318, 257]
-    cached = np.asarray(generate(model, params, prompt, 12, temperature=0))[0]
-    forward = jax.jit(lambda t: model.apply({"params": params}, t)[0])
-    tokens = list(prompt)
-    for _ in range(12):  # greedy, rerunning the full model on the sequence so far (right-padded
-        padded = np.zeros((1, model.config.block_size), np.int32)  # to one compiled length)
-        padded[0, :len(tokens)] = tokens
-        tokens.append(int(jnp.argmax(forward(padded)[len(tokens) - 1])))
-    assert cached.tolist() == tokens
-
-
-def test_sampling_draws_only_real_vocabulary_ids(tiny):
-    model, params = tiny
-    tokens = np.asarray(generate(model, params, [50256], 60, num_samples=4, temperature=5.0,
-                                 seed=3))
-    assert tokens.shape == (4, 61) and tokens.max() < tokenizer.VOCAB_SIZE
-    assert len({tuple(row) for row in tokens}) == 4  # different samples
 
 
 def test_hellaswag_scores_equal_a_per_ending_reference(tiny):
@@ -108,6 +85,16 @@ def test_sample_command_continues_the_prompt(trained_run):
                         cwd=trained_run)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("ROMEO:") == 2 and "tokens/s" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag, value", [("--temperature", "-1"), ("--num_samples", "0")])
+def test_sample_with_an_invalid_setting_is_one_error_line(trained_run, flag, value):
+    result = run_module("gpt2_jax.sample", "--workdir", str(trained_run), flag, value,
+                        cwd=trained_run)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: {flag} must be {'>= 0 (0 = greedy)' if flag == '--temperature' else 'at least 1'}"
+        f", not {value if flag == '--num_samples' else float(value)}"]
 
 
 @pytest.mark.slow

@@ -85,11 +85,3 @@ def test_only_the_fp8_model_has_float8_operands(fp8_on, expected):
     assert set(re.findall(r"f8E\w+", hlo)) == expected
 
 
-def test_an_fp8_model_decodes_with_the_kv_cache():
-    """Sampling (and evaluate, export) read the same fp32 params; the FP8 matmuls also run one
-    position at a time while decoding."""
-    from gpt2_jax.inference.decoding import generate
-    model = tiny(True)
-    params = init_params(model, jax.random.key(0))
-    tokens = generate(model, params, [1, 2, 3], max_new_tokens=5, num_samples=2, top_k=10)
-    assert tokens.shape == (2, 8) and np.all(np.asarray(tokens[:, :3]) == [1, 2, 3])

@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gpt2_jax"
-COMMANDS = {"train", "evaluate", "sample", "bench.__main__", "plot", "hf", "data.prepare",
+COMMANDS = {"train", "evaluate", "sample", "serve", "bench.__main__", "plot", "hf", "data.prepare",
             "data.bench"}
 LOOP = {"training.loop", "bench.train"}  # the loop, and what measures it
 

@@ -1,5 +1,5 @@
 """`python -m gpt2_jax.bench`: training throughput of a config, the compiled step alone or the
-real training loop on real data.
+real training loop on real data; with --decode, the inference engine (bench/decode.py).
 
     python -m gpt2_jax.bench --config configs/gpt2_124m.py [--config.KEY=VALUE ...]
         [--loop] [--steps 10] [--warmup 3] [--window 100]
@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 import time
 from pathlib import Path
 
 import jax
 
-from gpt2_jax.bench import profiling, results
+from gpt2_jax.bench import decode, profiling, results
 from gpt2_jax.bench.train import measure_loop, measure_step
 from gpt2_jax.config import DEFAULT_CONFIG_PATH, load_config
 from gpt2_jax.errors import exits_on_user_error
@@ -44,6 +45,9 @@ def _gib(value: float | None) -> str:
 
 @exits_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--decode" in argv:  # the inference engine's throughput: bench/decode.py
+        return decode.main(argv)
     parser = argparse.ArgumentParser(prog="python -m gpt2_jax.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)

@@ -88,16 +88,20 @@ class ResidualNorm(nn.Module):
         if cfg.norm_kernel == "pallas" and bias is not None:
             return norm_kernel.add_layer_norm(x_BxTxD, branch_BxTxD, branch_bias_D, scale, bias)
         x_BxTxD = x_BxTxD + (branch_BxTxD + branch_bias_D.astype(branch_BxTxD.dtype))
-        x32 = x_BxTxD.astype(jnp.float32)
-        if bias is None:  # RMSNorm
-            rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + norm_kernel.EPS)
-            return x_BxTxD, (x32 * rstd * scale).astype(cfg.dtype)
-        # One pass for both moments, as flax's LayerNorm (use_fast_variance) lets XLA fuse them.
-        mean = jnp.mean(x32, axis=-1, keepdims=True)
-        var = jnp.maximum(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) - jnp.square(mean),
-                          0.0)
-        return x_BxTxD, ((x32 - mean) * (jax.lax.rsqrt(var + norm_kernel.EPS) * scale) + bias
-                         ).astype(cfg.dtype)
+        return x_BxTxD, normalize(x_BxTxD, scale, bias, cfg.dtype)
+
+
+def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array | None, dtype) -> jax.Array:
+    """LayerNorm over the last axis with fp32 statistics (RMSNorm when `bias` is None), in
+    `dtype`: ResidualNorm's math, shared with the inference engine's forward."""
+    x32 = x.astype(jnp.float32)
+    if bias is None:  # RMSNorm
+        rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + norm_kernel.EPS)
+        return (x32 * rstd * scale).astype(dtype)
+    # One pass for both moments, as flax's LayerNorm (use_fast_variance) lets XLA fuse them.
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.maximum(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) - jnp.square(mean), 0.0)
+    return ((x32 - mean) * (jax.lax.rsqrt(var + norm_kernel.EPS) * scale) + bias).astype(dtype)
 
 
 def rms_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -166,7 +170,6 @@ class Projection(nn.Module):
 
 class CausalSelfAttention(nn.Module):
     config: GPTConfig
-    decode: bool = False  # keep keys/values of earlier positions in the "cache" collection
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, positions_T: jax.Array
@@ -185,28 +188,10 @@ class CausalSelfAttention(nn.Module):
         if cfg.pos_emb == "rope":
             q_BxTxHxK = rotary(q_BxTxHxK, positions_T)
             k_BxTxHxK = rotary(k_BxTxHxK, positions_T)
-        if self.decode:
-            y_BxTxHxK = self._attend_with_cache(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
-        else:
-            y_BxTxHxK = jax.nn.dot_product_attention(
-                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation=cfg.attention)
+        y_BxTxHxK = jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation=cfg.attention)
         return Projection((cfg.n_embd,), ("heads", "kv", "embed"), _residual_std(cfg), cfg.dtype,
                           n_in=2, fp8=cfg.fp8, defer_bias=True, name="c_proj")(y_BxTxHxK)
-
-    def _attend_with_cache(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
-        """Append this call's keys/values at the cache's position, attend over all of them."""
-        B, T, H, K = q_BxTxHxK.shape
-        S = self.config.block_size
-        cached_k = self.variable("cache", "key", jnp.zeros, (B, S, H, K), k_BxTxHxK.dtype)
-        cached_v = self.variable("cache", "value", jnp.zeros, (B, S, H, K), v_BxTxHxK.dtype)
-        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-        start = index.value
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxK, (0, start, 0, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, start, 0, 0))
-        index.value = start + T
-        visible_TxS = jnp.arange(S)[None, :] <= (start + jnp.arange(T))[:, None]
-        return jax.nn.dot_product_attention(q_BxTxHxK, cached_k.value, cached_v.value,
-                                            mask=visible_TxS[None, None], implementation="xla")
 
 
 class MLP(nn.Module):
@@ -238,14 +223,13 @@ class Block(nn.Module):
     (the positions are broadcast to every layer, for rotary embeddings)."""
 
     config: GPTConfig
-    decode: bool = False
 
     @nn.compact
     def __call__(self, carry: tuple[jax.Array, Branch], positions_T: jax.Array
                  ) -> tuple[tuple[jax.Array, Branch], None]:
         x_BxTxD, branch = carry
         x_BxTxD, h_BxTxD = ResidualNorm(self.config, name="ln_1")(x_BxTxD, branch)
-        branch = CausalSelfAttention(self.config, self.decode, name="attn")(h_BxTxD, positions_T)
+        branch = CausalSelfAttention(self.config, name="attn")(h_BxTxD, positions_T)
         x_BxTxD, h_BxTxD = ResidualNorm(self.config, name="ln_2")(x_BxTxD, branch)
         (mlp_BxTxD, mlp_bias_D) = MLP(self.config, name="mlp")(h_BxTxD)
         # Recorded only when "intermediates" is mutable (health.py); otherwise XLA drops it.
@@ -291,10 +275,10 @@ def embed(table_VxD: jax.Array, ids: jax.Array, dtype, vocab_axis: str | None) -
 
 
 class GPT(nn.Module):
+    """The training model. Decoding runs the same params through gpt2_jax/inference (a KV cache
+    and per-row positions), with this module's pieces."""
+
     config: GPTConfig
-    # Decoding mode: each call continues the sequence held in the "cache" collection (keys and
-    # values of every layer, and the position), so a new token costs one position, not T.
-    decode: bool = False
 
     def setup(self):
         cfg = self.config
@@ -312,13 +296,11 @@ class GPT(nn.Module):
         # speed (the GPU configs unroll fully: +17-21% on an H100, BENCHMARKS.md).
         self.h = nn.scan(
             _remat(Block, cfg.remat, cfg.scan_unroll),
-            variable_axes={"params": 0, "intermediates": 0, "cache": 0},
+            variable_axes={"params": 0, "intermediates": 0},
             split_rngs={"params": True}, in_axes=nn.broadcast, length=cfg.n_layer,
             unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"},
-        )(cfg, self.decode)
+        )(cfg)
         self.ln_f = ResidualNorm(cfg)
-        if self.decode:
-            self.position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
 
     def hidden_states(self, tokens_BxT: jax.Array) -> jax.Array:
         """Final-norm output, (B, T, D) in the compute dtype."""
@@ -326,11 +308,7 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds model.block_size "
                              f"{self.config.block_size}")
-        start = 0
-        if self.decode:
-            start = self.position.value
-            self.position.value = start + T
-        positions_T = start + jnp.arange(T)
+        positions_T = jnp.arange(T)
         x_BxTxD = embed(self.wte.embedding, tokens_BxT, self.config.dtype, "vocab")
         # The position embeddings are the first "branch": the first norm adds them.
         if self.config.pos_emb == "learned":

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import jax
 import ml_collections
-import numpy as np
 
 from gpt2_jax import tokenizer
 from gpt2_jax.evaluation import hellaswag
@@ -24,9 +23,9 @@ from gpt2_jax.training.checkpoint import (MODEL_SHAPE_KEYS, BrokenCheckpoint, Ch
                                  check_same_model, describe_failure, restore_params)
 from gpt2_jax.config import check_tensor_parallelism
 from gpt2_jax.data.sources import make_data
-from gpt2_jax.inference.decoding import generate
 from gpt2_jax.errors import CheckpointError, ConfigError, EvalDataError, TrainingDiverged
 from gpt2_jax.training.health import health_line, make_health_fn
+from gpt2_jax.inference import complete
 from gpt2_jax.model import count_params, flops_per_token
 from gpt2_jax.parallel.sharding import BatchLayout
 from gpt2_jax.training.step import build_training, make_evaluator
@@ -393,9 +392,9 @@ def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> T
         elif t.sample_tokens and is_main:
             prompt = tokenizer.encode(t.sample_prompt) or [tokenizer.EOT_TOKEN]
             max_new = min(t.sample_tokens, model.config.block_size - len(prompt))
-            sample = generate(model, jax.device_get(state.params), prompt, max_new, top_k=200,
-                              seed=t.seed)
-            say("sample:\n" + tokenizer.decode(np.asarray(sample[0])))
+            sample = complete(model.config, state.params, prompt, max_new, top_k=200,
+                              seed=t.seed)[0]
+            say("sample:\n" + tokenizer.decode(prompt + sample.tokens))
 
     peak_bytes = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
     result = TrainResult(
