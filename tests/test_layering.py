@@ -5,7 +5,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gpt2_jax"
-COMMANDS = {"train", "evaluate", "sample", "bench", "plot", "hf", "data.prepare", "data.bench"}
+COMMANDS = {"train", "evaluate", "sample", "bench", "plot", "hf", "data.prepare", "data.bench",
+            "evaluation.last_word"}
 LOOP = {"loop"}
 
 
