@@ -5,7 +5,8 @@
 
 `import` writes the weights as a step-0, params-only checkpoint that `evaluate`, `sample` and
 `train.init_from` read like any run's. `export` writes config.json + model.safetensors, which
-`transformers.GPT2LMHeadModel.from_pretrained` loads.
+`transformers.GPT2LMHeadModel.from_pretrained` loads, and GPT-2's tokenizer (tokenizer.json and
+its config), which `transformers.AutoTokenizer.from_pretrained` loads offline.
 
 transformers' GPT-2 stores its Conv1D weights (in, out), the orientation of our kernels, so the
 conversion is reshapes only: the fused q/k/v and head axes, the stacked layer axis, and the
@@ -201,6 +202,29 @@ def check_exportable(cfg: GPTConfig) -> None:
                                "only runs of the exact GPT-2 architecture export")
 
 
+def write_tokenizer(out: Path, block_size: int) -> None:
+    """GPT-2's tokenizer as a `tokenizers` tokenizer.json (byte-level BPE from the shipped
+    encoder.json/vocab.bpe) plus tokenizer_config.json. The fast file is what transformers 5
+    reads reliably: a slow GPT2Tokenizer built from vocab/merges files can come out empty."""
+    from importlib import resources
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    assets = resources.files("gpt2_jax") / "assets"
+    with resources.as_file(assets / "encoder.json") as vocab, \
+            resources.as_file(assets / "vocab.bpe") as merges:
+        bpe = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    bpe.add_special_tokens(["<|endoftext|>"])
+    bpe.save(str(out / "tokenizer.json"))
+    eot = "<|endoftext|>"
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size, "bos_token": eot,
+         "eos_token": eot, "unk_token": eot, "add_prefix_space": False}, indent=2) + "\n")
+
+
 def export_weights(workdir: str | Path, out: str | Path, step: int | None = None) -> int:
     """Write the run's checkpoint as a transformers directory; returns the exported step."""
     from safetensors.numpy import save_file
@@ -213,6 +237,7 @@ def export_weights(workdir: str | Path, out: str | Path, step: int | None = None
     save_file(hf_from_params(params, trained.model.config), out / "model.safetensors",
               metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config(trained.model.config), indent=2) + "\n")
+    write_tokenizer(out, trained.model.config.block_size)
     return trained.step
 
 
@@ -228,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     exports = commands.add_parser("export", help="our checkpoint -> transformers directory")
     exports.add_argument("--workdir", required=True, help="the run to export")
     exports.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-    exports.add_argument("--out", required=True, help="directory for config.json + model.safetensors")
+    exports.add_argument("--out", required=True, help="directory for config.json, model.safetensors and the tokenizer")
     args = parser.parse_args(argv)
     if args.command == "import":
         c, n_params = import_weights(args.source, args.workdir)
