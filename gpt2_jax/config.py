@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 250  # steps between validation-loss evaluations (0 = never)
     c.train.hellaswag_every = 0  # steps between HellaSwag evaluations (0 = never; llm.c: 250)
     c.train.hellaswag_file = ""  # hellaswag_val.jsonl ("" = the cached copy, else download once)
+    c.train.core_every = 0  # steps between CORE evaluations (0 = never)
+    c.train.core_bundle = ""  # eval bundle directory ("" = the cached copy, else download once)
+    c.train.core_max_per_task = 0  # items per CORE task (0 = all)
     c.train.eval_steps = 20  # validation batches per evaluation (llm.c: 20 x 64 x 1024 tokens)
     c.train.loss_chunk_size = 0  # tokens per fp32-logits chunk in the loss (0 = whole micro-batch)
     c.train.checkpoint_every = 1000  # steps between (asynchronous) checkpoints (0 = only at the end)
@@ -246,6 +249,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(st.window >= 2 and st.max_bad_steps >= 1,
            "stability.window must be >= 2 and stability.max_bad_steps >= 1")
     _check(t.hellaswag_every >= 0, f"train.hellaswag_every ({t.hellaswag_every}) must be >= 0")
+    _check(t.core_every >= 0, f"train.core_every ({t.core_every}) must be >= 0")
     _check(t.health_every >= 0, f"train.health_every ({t.health_every}) must be >= 0")
     _check(o.lr > 0, f"optim.lr ({o.lr}) must be positive")
     _check(o.name in ("adamw", "muon"), f"optim.name must be adamw or muon, not {o.name!r}")

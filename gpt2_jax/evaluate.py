@@ -1,8 +1,9 @@
 """Evaluate a trained run: `python -m gpt2_jax.evaluate --workdir DIR [--step N] [...]`.
 
 Restores the checkpoint on whatever devices are present, then reports the validation loss on the
-run's val shards, HellaSwag accuracy (acc_norm, llm.c's scoring) and a few samples. The results are
-appended to the run's metrics.jsonl as an eval row, or written to --report as JSON.
+run's val shards, HellaSwag accuracy (acc_norm, llm.c's scoring) and a few samples; with --core,
+the DCLM CORE metric over nanochat's eval bundle. The results are appended to the run's
+metrics.jsonl as an eval row, or written to --report as JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gpt2_jax.inference import complete
 from gpt2_jax.training.metrics import MetricsLog
 from gpt2_jax.parallel.sharding import BatchLayout
 from gpt2_jax.training.step import make_evaluator
+from gpt2_jax.evaluation import core
 
 
 def validation_loss(trained: Trained, workdir: Path, max_batches: int) -> float:
@@ -51,6 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no_hellaswag", action="store_true", help="skip HellaSwag")
     parser.add_argument("--hellaswag_limit", type=int, default=None,
                         help="score only the first N examples (default: all 10,042)")
+    parser.add_argument("--core", action="store_true",
+                        help="the DCLM CORE metric (22 tasks of nanochat's eval bundle)")
+    parser.add_argument("--eval_bundle", default=None,
+                        help="unpacked eval bundle directory (default: cached copy, else download)")
+    parser.add_argument("--max_per_task", type=int, default=0,
+                        help="CORE: score at most N items per task (default: all)")
     parser.add_argument("--samples", type=int, default=2, help="samples to print (0 = none)")
     parser.add_argument("--report", default=None,
                         help="write the results as JSON here instead of appending to metrics.jsonl")
@@ -82,9 +90,17 @@ def main(argv: list[str] | None = None) -> None:
         else:
             examples = hellaswag.load(path, args.hellaswag_limit)
             with jax.set_mesh(trained.mesh):
-                results.update(hellaswag.evaluate(trained.model, trained.params, examples))
+                results.update(hellaswag.evaluate(trained.model, trained.params, examples,
+                                                    trained.mesh))
             print(f"HellaSwag: acc_norm {results['hellaswag_acc']:.4f}, acc "
                   f"{results['hellaswag_acc_unnormalized']:.4f} on {len(examples)} examples")
+
+    if args.core:
+        tasks = core.load_bundle(core.find_or_download(args.eval_bundle), args.max_per_task)
+        prepared = core.prepare(tasks, c.model.block_size)
+        with jax.set_mesh(trained.mesh):
+            results.update(core.evaluate(trained.model, trained.params, prepared, trained.mesh))
+        print(core.table(results, tasks))
 
     if args.samples:
         samples = complete(trained.model.config, trained.params, [tokenizer.EOT_TOKEN],

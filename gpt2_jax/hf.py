@@ -5,8 +5,9 @@
 
 `import` writes the weights as a step-0, params-only checkpoint that `evaluate`, `sample` and
 `train.init_from` read like any run's. `export` writes config.json + model.safetensors, which
-`transformers.GPT2LMHeadModel.from_pretrained` loads, into a new or empty directory (--force:
-over what is there).
+`transformers.GPT2LMHeadModel.from_pretrained` loads, with GPT-2's tokenizer (tokenizer.json and
+its config), which `transformers.AutoTokenizer.from_pretrained` loads offline; into a new or empty
+directory (--force: over what is there).
 
 transformers' GPT-2 stores its Conv1D weights (in, out), the orientation of our kernels, so the
 conversion is reshapes only: the fused q/k/v and head axes, the stacked layer axis, and the
@@ -232,6 +233,30 @@ def check_export_directory(out: Path, force: bool) -> None:
         raise WorkdirError(f"--out {out}: not writable by this user")
 
 
+def write_tokenizer(out: Path, block_size: int) -> None:
+    """GPT-2's tokenizer as a `tokenizers` tokenizer.json (byte-level BPE from the shipped
+    encoder.json/vocab.bpe) plus tokenizer_config.json. The fast file is what transformers 5
+    reads reliably: a slow GPT2Tokenizer built from vocab/merges files can come out empty."""
+    from importlib import resources
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    assets = resources.files("gpt2_jax") / "assets"
+    with resources.as_file(assets / "encoder.json") as vocab, \
+            resources.as_file(assets / "vocab.bpe") as merges:
+        bpe = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    bpe.add_special_tokens(["<|endoftext|>"])
+    bpe.save(str(out / "tokenizer.json"))
+    eot = "<|endoftext|>"
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size, "bos_token": eot,
+         "eos_token": eot, "unk_token": eot, "add_prefix_space": False}, indent=2) + "\n")
+
+
+
 def export_weights(workdir: str | Path, out: str | Path, step: int | None = None,
                    force: bool = False) -> int:
     """Write the run's checkpoint as a transformers directory; returns the exported step. The
@@ -247,6 +272,7 @@ def export_weights(workdir: str | Path, out: str | Path, step: int | None = None
             hf_from_params(params, trained.model.config), metadata={"format": "pt"}))
         atomic.write_text(out / "config.json",
                           json.dumps(hf_config(trained.model.config), indent=2) + "\n")
+        write_tokenizer(out, trained.model.config.block_size)
     except OSError as e:
         raise WorkdirError(f"--out {out}: cannot write {e.filename or out} "
                            f"({e.strerror})") from None
@@ -265,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     exports = commands.add_parser("export", help="our checkpoint -> transformers directory")
     exports.add_argument("--workdir", required=True, help="the run to export")
     exports.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-    exports.add_argument("--out", required=True, help="directory for config.json + model.safetensors")
+    exports.add_argument("--out", required=True, help="directory for config.json, model.safetensors and the tokenizer")
     exports.add_argument("--force", action="store_true",
                          help="write into --out even if it holds files (replacing ours)")
     args = parser.parse_args(argv)

@@ -3,7 +3,8 @@
     python -m gpt2_jax.plot runs/gpt2_124m [runs/other ...] --out curves.png
 
 Left: train loss (thin) and validation loss (thick) against tokens seen, skipped updates marked.
-Right, when any run evaluated HellaSwag: its accuracy with OpenAI GPT-2's as horizontal lines.
+Then, when any run evaluated them: HellaSwag accuracy and the CORE metric, each with OpenAI
+GPT-2's figures as horizontal lines.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from gpt2_jax.training.metrics import read_rows  # noqa: E402
 
 # HellaSwag acc_norm of OpenAI's checkpoints, scored like llm.c (reference-facts.md).
 HELLASWAG_BASELINES = {"OpenAI GPT-2 124M": 0.295, "OpenAI GPT-2 1.5B": 0.489}
+# CORE of OpenAI's GPT-2 1.5B as nanochat's README and dev/LEADERBOARD.md state it (the bar of its
+# time-to-GPT-2 leaderboard).
+CORE_BASELINES = {"OpenAI GPT-2 1.5B (nanochat)": 0.256525}
 
 
 def read_run(run_dir: str | Path) -> tuple[list[dict], int]:
@@ -37,8 +41,11 @@ def read_run(run_dir: str | Path) -> tuple[list[dict], int]:
 
 def plot_runs(run_dirs: list[str], out: str) -> None:
     runs = {Path(d).name or str(d): read_run(d) for d in run_dirs}
-    has_hellaswag = any("hellaswag_acc" in r for rows, _ in runs.values() for r in rows)
-    fig, axes = plt.subplots(1, 2 if has_hellaswag else 1, figsize=(13 if has_hellaswag else 7, 4.5),
+    panels = [(key, title, ylabel, baselines) for key, title, ylabel, baselines in (
+        ("hellaswag_acc", "HellaSwag", "accuracy (acc_norm)", HELLASWAG_BASELINES),
+        ("core", "CORE", "CORE (mean centered accuracy)", CORE_BASELINES))
+        if any(key in r for rows, _ in runs.values() for r in rows)]
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(7 + 6 * len(panels), 4.5),
                              squeeze=False)
     loss_ax = axes[0][0]
     for i, (name, (rows, tokens_per_step)) in enumerate(runs.items()):
@@ -60,18 +67,16 @@ def plot_runs(run_dirs: list[str], out: str) -> None:
     loss_ax.set(xlabel="tokens", ylabel="loss", title="loss")
     loss_ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)
-    if has_hellaswag:
-        hs_ax = axes[0][1]
+    for ax, (key, title, ylabel, baselines) in zip(axes[0][1:], panels):
         for i, (name, (rows, tokens_per_step)) in enumerate(runs.items()):
-            points = [(r["step"] * tokens_per_step, r["hellaswag_acc"])
-                      for r in rows if "hellaswag_acc" in r]
+            points = [(r["step"] * tokens_per_step, r[key]) for r in rows if key in r]
             if points:
-                hs_ax.plot(*zip(*points), color=f"C{i}", lw=2, marker="o", ms=3, label=name)
-        for j, (label, acc) in enumerate(HELLASWAG_BASELINES.items()):
-            hs_ax.axhline(acc, color=f"C{7 + j}", ls="--", label=f"{label} ({acc:.1%})")
-        hs_ax.set(xlabel="tokens", ylabel="accuracy (acc_norm)", title="HellaSwag")
-        hs_ax.grid(alpha=0.3)
-        hs_ax.legend(fontsize=8)
+                ax.plot(*zip(*points), color=f"C{i}", lw=2, marker="o", ms=3, label=name)
+        for j, (label, value) in enumerate(baselines.items()):
+            ax.axhline(value, color=f"C{7 + j}", ls="--", label=f"{label} ({value:.4g})")
+        ax.set(xlabel="tokens", ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     try:
         fig.savefig(out, dpi=110)

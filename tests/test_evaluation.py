@@ -8,6 +8,7 @@ import pytest
 
 from gpt2_jax import tokenizer
 from gpt2_jax.evaluation import hellaswag
+from gpt2_jax.parallel import sharding
 from gpt2_jax.model import GPT, GPTConfig
 from gpt2_jax.errors import EvalDataError
 from gpt2_jax.model import init_params
@@ -27,7 +28,7 @@ def test_hellaswag_scores_equal_a_per_ending_reference(tiny):
     model, params = tiny
     examples = list(hellaswag.read_examples(FIXTURE))
     rendered = hellaswag.load(FIXTURE)
-    summed, mean = hellaswag.score(model, params, rendered, batch_examples=2)  # 2 batches
+    summed, mean = hellaswag.score(model, params, rendered)
     # One row at a time, right-padded to the block (causal: the padding cannot reach a scored
     # position), so a single compiled forward serves every row.
     forward = jax.jit(lambda t: model.apply({"params": params}, t)[0])
@@ -46,6 +47,9 @@ def test_hellaswag_scores_equal_a_per_ending_reference(tiny):
             np.testing.assert_allclose(mean[i, j], np.mean(losses), rtol=1e-4)
     result = hellaswag.evaluate(model, params, rendered)
     labels = [e["label"] for e in examples]
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})  # rows over 8 devices
+    with jax.set_mesh(mesh):
+        assert hellaswag.evaluate(model, params, rendered, mesh) == result
     assert result["hellaswag_acc"] == np.mean(np.argmin(mean, 1) == labels)
     assert result["hellaswag_acc_unnormalized"] == np.mean(np.argmin(summed, 1) == labels)
 

@@ -40,6 +40,12 @@ def test_export_loads_in_transformers_with_our_logits_and_imports_back_exactly(
     assert result.returncode == 0, result.stderr[-3000:]
     trained = load_trained(trained_run)
     np.testing.assert_allclose(hf_logits(out), our_logits(trained), atol=1e-4, rtol=0)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)  # offline, from the export
+    text = "Hello world!  It's naïve,\n\n  café 2026"
+    assert len(hf_tokenizer) == tokenizer.VOCAB_SIZE
+    assert hf_tokenizer.encode(text) == tokenizer.encode(text)
+    assert hf_tokenizer.eos_token_id == tokenizer.EOT_TOKEN and hf_tokenizer.decode(
+        tokenizer.encode(text)) == text
 
     _, state = hf.read_hf(str(out))
     imported = hf.params_from_hf(state, trained.model.config)

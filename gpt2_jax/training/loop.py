@@ -26,6 +26,7 @@ from gpt2_jax.data.sources import make_data
 from gpt2_jax.errors import CheckpointError, ConfigError, EvalDataError, TrainingDiverged
 from gpt2_jax.training.health import health_line, make_health_fn
 from gpt2_jax.inference import complete
+from gpt2_jax.evaluation import core
 from gpt2_jax.model import count_params, flops_per_token
 from gpt2_jax.parallel.sharding import BatchLayout
 from gpt2_jax.training.step import build_training, make_evaluator
@@ -44,6 +45,20 @@ def hellaswag_examples(c: ml_collections.ConfigDict) -> list[hellaswag.Rendered]
         raise ConfigError(f"train.hellaswag_every={c.train.hellaswag_every} needs HellaSwag: {e}; "
                           "or set train.hellaswag_file, or train.hellaswag_every=0") from None
     return hellaswag.load(path)
+
+
+def core_tasks(c: ml_collections.ConfigDict) -> core.Prepared | None:
+    """The CORE rows scored every `train.core_every` steps, tokenized once (and found before
+    training starts, so a missing or malformed bundle fails the run at once)."""
+    if not c.train.core_every:
+        return None
+    try:
+        tasks = core.load_bundle(core.find_or_download(c.train.core_bundle or None),
+                                 c.train.core_max_per_task)
+    except EvalDataError as e:
+        raise ConfigError(f"train.core_every={c.train.core_every} needs the CORE eval bundle: "
+                          f"{e}; or set train.core_bundle, or train.core_every=0") from None
+    return core.prepare(tasks, c.model.block_size)
 
 
 def restore_params_from(path: str, abstract_params, c: ml_collections.ConfigDict):
@@ -267,6 +282,7 @@ def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> T
     layout = BatchLayout.from_config(c, mesh)
     train_batches, val_batches = make_data(c, workdir, layout, say)
     hellaswag_set = hellaswag_examples(c)
+    core_set = core_tasks(c)
 
     if not t.resume:
         set_aside_previous_run(workdir, say)
@@ -332,16 +348,20 @@ def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> T
         batch_sharding = sharding.batch_sharding(mesh)
         val_loss = None
 
-        def evaluate(step: int, loss_due: bool, hellaswag_due: bool) -> dict:
-            """One eval row: validation loss and/or HellaSwag of the current weights."""
+        def evaluate(step: int, loss_due: bool, hellaswag_due: bool, core_due: bool) -> dict:
+            """One eval row: validation loss, HellaSwag and/or CORE of the current weights."""
             row: dict = {"step": step}
             if loss_due:
                 row["val_loss"] = validation_loss(state.params, val_batches)
                 say(f"step {step}/{t.max_steps} | val loss {row['val_loss']:.4f}")
             if hellaswag_due:
-                row.update(hellaswag.evaluate(model, state.params, hellaswag_set))
+                row.update(hellaswag.evaluate(model, state.params, hellaswag_set, mesh))
                 say(f"step {step}/{t.max_steps} | HellaSwag acc_norm {row['hellaswag_acc']:.4f} "
                     f"({len(hellaswag_set)} examples)")
+            if core_due:
+                row.update(core.evaluate(model, state.params, core_set, mesh))
+                say(f"step {step}/{t.max_steps} | CORE {row['core']:.4f} "
+                    f"({len(core_set.tasks)} tasks)")
             log.write(row)
             return row
 
@@ -371,12 +391,15 @@ def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> T
                 health_due = t.health_every and step % t.health_every == 0
                 hellaswag_due = t.hellaswag_every and (step % t.hellaswag_every == 0
                                                        or step == t.max_steps)
-                if eval_due or hellaswag_due or save_due or health_due or stop.received:
+                core_due = t.core_every and (step % t.core_every == 0 or step == t.max_steps)
+                if (eval_due or hellaswag_due or core_due or save_due or health_due
+                        or stop.received):
                     steps.flush()
                     if health_due:
                         report_health(step, batch)
-                    if eval_due or hellaswag_due:
-                        val_loss = evaluate(step, eval_due, hellaswag_due).get("val_loss", val_loss)
+                    if eval_due or hellaswag_due or core_due:
+                        val_loss = evaluate(step, eval_due, hellaswag_due, core_due).get(
+                            "val_loss", val_loss)
                     if save_due or stop.received:
                         save(step)
                     steps.pause_clock(step)
