@@ -14,7 +14,7 @@ from jinja2 import Template
 from gpt2_jax import plot, tokenizer
 from gpt2_jax.parallel import sharding
 from gpt2_jax.data.shards import write_shard
-from gpt2_jax.inference.decoding import generate
+from gpt2_jax.inference import complete
 from gpt2_jax.errors import EvalDataError
 from gpt2_jax.evaluation import core, scoring
 from gpt2_jax.model import GPT, GPTConfig, init_params
@@ -160,7 +160,7 @@ def test_core_equals_an_unbatched_reference_of_nanochats_scoring(tiny, bundle):
 def test_a_span_is_greedy_only_when_argmax_reproduces_every_token(tiny):
     model, params = tiny
     prompt = tokenizer.encode("the cat sat on the")
-    tokens = np.asarray(generate(model, params, prompt, 4, temperature=0))[0].tolist()
+    tokens = prompt + list(complete(model.config, params, prompt, 4, temperature=0)[0].tokens)
     wrong_last = tokens[:-1] + [(tokens[-1] + 1) % tokenizer.VOCAB_SIZE]
     rows = [scoring.Row(np.array(t, np.int32), len(prompt), len(t)) for t in (tokens, wrong_last)]
     assert scoring.score_rows(model, params, rows).greedy.tolist() == [True, False]
