@@ -13,7 +13,8 @@ import pytest
 from gpt2_jax import hf
 from gpt2_jax.config import model_config
 from gpt2_jax.errors import ConfigError, WeightsError
-from gpt2_jax.model import GPT, GPTConfig, init_params, rotary
+from gpt2_jax.model import GPT, GPTConfig, init_params
+from gpt2_jax.model.gpt import rotary
 from gpt2_jax.training.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
 from helpers import run_steps
