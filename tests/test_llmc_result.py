@@ -48,7 +48,7 @@ def test_a_missing_log_is_named(tmp_path):
 
 
 def test_an_mfu_llmc_cannot_know_is_unknown_not_negative():
-    # llm.c has no peak figure for an H200 and prints -100% (run o); the time still counts.
+    # llm.c has no peak figure for an H200 and prints -100%; the time still counts.
     line = ("step   28/30 | loss 6.625693 (+nanz)| norm 2.4436 (+nanz)| lr 5.60e-04 | 606.33 ms | "
             "-100.0% bf16 MFU | 216394 tok/s")
     assert llmc_result.step_lines([line]) == {28: (606.33, None)}

@@ -71,8 +71,7 @@ def test_bf16_activations_round_once_and_keep_fp32_parameter_gradients():
 
 
 def test_rows_wider_than_one_load_are_refused(tiny_config):
-    """Loads wider than norm_kernel.ROW_ELEMENTS computed wrong values on an H100 (BENCHMARKS.md,
-    run aj): auto leaves such a model to XLA, and an explicit pallas is an error."""
+    """Loads wider than norm_kernel.ROW_ELEMENTS compute wrong values on a GPU: auto leaves such a model to XLA, and an explicit pallas is an error."""
     wide = ("--config.model.n_embd=16384", "--config.model.n_head=128")
     assert model_config(tiny_config(*wide), backend="gpu", devices=1).norm_kernel == "xla"
     with pytest.raises(ConfigError, match="at most 8192 channels, and model.n_embd is 16384"):

@@ -593,7 +593,7 @@ def test_a_lock_file_removed_by_its_leaving_holder_is_not_a_lock(tmp_path, monke
 
     monkeypatch.setattr(workdir_module.fcntl, "flock", flock_after_a_leaves_and_c_starts)
     try:
-        with pytest.raises(WorkdirError, match=rf"in use by another trainer \(host "):
+        with pytest.raises(WorkdirError, match=r"in use by another trainer \(host "):
             WorkdirLock(tmp_path, print).__enter__()
     finally:
         others[0].__exit__(None, None, None)

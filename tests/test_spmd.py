@@ -158,8 +158,7 @@ def test_embedding_gradients_scatter_local_tokens_into_the_whole_table():
     tokens' embedding gradients into a whole (vocab, embed) table, as data parallelism does, and
     the split comes after (a reduce-scatter). Left to propagation, each device gathered the whole
     global batch and scattered it into half of the table (ZeRO-1's moments reached back into the
-    backward; FSDP's table was split by columns): on two H100s both steps spent ~10% more time
-    computing than data parallelism."""
+    backward; FSDP's table was split by columns), with activation-sized transposes around it."""
     def scatters(*mesh_flags):
         return sorted(re.findall(r"= f32\[([\d,]+)\]\S* scatter\(", compiled_step_hlo(*mesh_flags)))
 
@@ -205,7 +204,7 @@ def test_gradients_cross_the_data_axis_once_per_step_not_per_micro_step(zero1):
 def test_micro_steps_accumulate_layer_gradients_without_concatenating_them():
     """The blocks' params are stacked on a "layers" axis, so their gradient is a concatenation
     of the layers' gradients. Accumulated into stacked sums, every micro-step ran that
-    concatenation as a pass of its own (1558M: ~7 ms per micro-step on an H200); accumulated
+    concatenation as a pass of its own; accumulated
     layer by layer, the loop holds no float concatenation, and the stack happens once, after it."""
     hlo = compiled_step_hlo("--config.mesh.data=2")  # 4 micro-steps
     concatenations = [line for line in hlo.splitlines()

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", nargs="?", const=results.DEFAULT_PATH, metavar="FILE",
                         help=f"append one row per measurement to FILE ({results.DEFAULT_PATH})")
     parser.add_argument("--run_id", default=results.default_run_id(),
-                        help="shared by the rows of one sitting on one machine ($BENCH_RUN_ID)")
+                        help="shared by the rows measured in one call on one machine ($BENCH_RUN_ID)")
     parser.add_argument("--profile", help="step mode: also trace 2 steps into this directory and "
                         "print the busiest device kernels and the collectives' exposed time")
     parser.add_argument("--coordinator_address", help="HOST:PORT of process 0, when several "

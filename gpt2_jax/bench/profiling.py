@@ -125,7 +125,7 @@ class Overlap:
 
 def collective_overlap(kernels: Kernels) -> list[Overlap]:
     """Per device: how much of the traced span collectives take, and how much of that nothing
-    overlaps (the number the 2-GPU target bounds at 3%)."""
+    overlaps (the part a mesh's step time pays for its collectives)."""
     return [overlap_of(device, events) for device, events in sorted(kernels.items()) if events]
 
 

@@ -66,7 +66,7 @@ FIELDS = {
 
 
 def default_run_id() -> str:
-    """$BENCH_RUN_ID, else the time and host: shared by every row of one sitting."""
+    """$BENCH_RUN_ID, else the time and host: shared by every row measured in one call."""
     return os.environ.get("BENCH_RUN_ID") or f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname()}"
 
 

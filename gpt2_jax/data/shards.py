@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import os
-from pathlib import Path
 
 import numpy as np
 

@@ -244,8 +244,8 @@ def _remat(block: type[nn.Module], policy_name: str, scan_unroll: int) -> type[n
     """The block under a recomputation policy (what the backward pass may read instead of
     recomputing). With more than one layer per loop iteration (the GPU configs unroll fully) the
     recomputation must be kept apart from the forward pass by prevent_cse, as MaxText does for
-    unscanned layers: without it XLA merged the two copies and kept every activation (124M on
-    an H100: 36.7 GiB with or without a policy; now 22.8 GiB, and 9.5 with full remat)."""
+    unscanned layers: without it XLA merges the two copies and keeps every activation, so a
+    policy saves no memory."""
     if policy_name == "none":
         return block
     policy = None if policy_name == "full" else getattr(jax.checkpoint_policies, policy_name)
@@ -260,13 +260,13 @@ def embed(table_VxD: jax.Array, ids: jax.Array, dtype, vocab_axis: str | None) -
     first, so the backward scatters this device's tokens into a full-width gradient that is then
     reduce-scattered, like every other weight's. Left to propagation, each device gathered the
     whole global batch and scattered it into its half of the columns, with activation-sized
-    transposes around it (FSDP lost ~10% of its compute on two H100s).
+    transposes around it.
 
     The backward of a gather is a scatter-add of one row per token into a table-sized gradient.
     Gathering from a bf16 copy of the table (what nn.Embed does) makes it a bf16 scatter-add;
-    real text repeats a few tokens thousands of times per batch, and on an H100 that colliding
-    bf16 scatter took 260 ms per 64 x 1024 micro-batch, against 0.58 ms in fp32 and 0.85 ms
-    for bf16 on uniform tokens (benchmarks/embedding_backward.py). Gathering in fp32 also sums
+    real text repeats a few tokens thousands of times per batch, and on GPUs that colliding
+    bf16 scatter serializes, hundreds of times slower than in fp32 (benchmarks/
+    embedding_backward.py times it). Gathering in fp32 also sums
     a frequent token's thousands of rows in fp32 rather than bf16.
     """
     table_VxD = nn.with_logical_constraint(table_VxD, (vocab_axis, None))
@@ -293,7 +293,7 @@ class GPT(nn.Module):
                                       (cfg.vocab_size, cfg.n_embd), jnp.float32)
         # The blocks' params stacked on a "layers" axis, run by a scan: with scan_unroll=1 one
         # compiled block serves every layer (48 compile like 1); unrolling trades compile time for
-        # speed (the GPU configs unroll fully: +17-21% on an H100, BENCHMARKS.md).
+        # speed (the GPU configs unroll fully).
         self.h = nn.scan(
             _remat(Block, cfg.remat, cfg.scan_unroll),
             variable_axes={"params": 0, "intermediates": 0},

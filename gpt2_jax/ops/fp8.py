@@ -8,8 +8,7 @@ float type, so the scale survives the compute dtype unrounded.
 The dots take the fp8 arrays themselves, which XLA compiles to cuBLASLt FP8 GEMMs writing the
 compute dtype; the product is then multiplied by the two scales, exactly, since they are powers
 of two. (Written instead as a dot of "dequantized" operands, the fp8 arrays converted back to the
-compute dtype and scaled, the dots stayed bf16 GEMMs under jax 0.11.2 on an H200: no FP8 GEMM at
-all.) On CPU, XLA converts the float8 operands to a wide type, so the same code runs (slowly) in
+compute dtype and scaled, XLA's GPU compiler kept the dots as bf16 GEMMs: no FP8 GEMM at all.) On CPU, XLA converts the float8 operands to a wide type, so the same code runs (slowly) in
 tests.
 
 Accumulation: Hopper's FP8 tensor cores keep a partial sum of limited precision unless cuBLASLt

@@ -7,13 +7,11 @@ split its backward in two (d(z) written in fp32, then read back for the bias red
 
 Here the forward reads z and writes gelu(z + b), nothing else, and the backward reads z and dy
 once, recomputes tanh in fp32 and writes d(z) plus one fp32 bias-gradient partial per group of
-rows, which XLA sums. Both run over (row group, column block) tiles; the backward, timed alone
-at 124M's shape, moves its 1.2 GB at 77% of an H100's peak bandwidth (BENCHMARKS.md has the tile
-sweep). They have no SPMD partitioning rule: on a mesh each device runs them on its own rows and
-columns (sharding.per_device), and the bias partials are summed across devices; with the norm
-kernels that way, 2 GPUs ran 124M 4.8% and 1558M 0.5-0.7% faster than with XLA's fusions
-(BENCHMARKS.md, run al), so `model.gelu_kernel=auto` takes them on any GPU mesh. Off GPU they
-run in Pallas' interpreter (tests compare them with autodiff).
+rows, which XLA sums. Both run over (row group, column block) tiles, so the backward runs near
+the GPU's memory bandwidth. They have no SPMD partitioning rule: on a mesh each device runs them
+on its own rows and columns (sharding.per_device), and the bias partials are summed across
+devices; that stays faster than XLA's fusions on a mesh too, so `model.gelu_kernel=auto` takes
+them on any GPU mesh. Off GPU they run in Pallas' interpreter (tests compare them with autodiff).
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from gpt2_jax.parallel import sharding
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 CUBIC = 0.044715
-# The tiling, from a sweep of the backward on an H100 (BENCHMARKS.md, run x).
+# The tiling: the fastest of a sweep of the backward's tiles (docs/benchmarks/ has the sweep).
 BLOCK_COLS = 128  # columns per tile (a power of two dividing the hidden width, at most this)
 BLOCK_ROWS = 32  # rows per load
 GROUP_ROWS = 256  # rows summed into one bias-gradient partial

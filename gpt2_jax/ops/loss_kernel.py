@@ -7,11 +7,8 @@ exp-sum, then again to overwrite it in place with softmax - onehot, and the back
 two GEMMs, with the upstream gradient applied to their small outputs. That also keeps them bf16
 GEMMs: at 350M, with micro-steps accumulating, XLA had run the head's backward GEMMs in fp32/tf32.
 
-On one H100 (BENCHMARKS.md, run q) the kernel takes 8.0 ms of a 124M step where XLA's passes
-took 10.2, and the step is 1.8-2.3% faster at 124M, 11.5% at 350M, unchanged at 1558M, with
-5 GiB less memory at 124M. Its second pass walks each row backwards, so that it starts on the
-blocks still in L2: 6.9 ms instead of 7.5 per 124M micro-batch (run ag). It has no SPMD
-partitioning rule: on a mesh each device runs it on its own rows (sharding.per_device), which
+Fewer passes over the logits also mean less memory. Its second pass walks each row backwards, so
+that it starts on the blocks the first pass left in L2. It has no SPMD partitioning rule: on a mesh each device runs it on its own rows (sharding.per_device), which
 needs whole rows of logits on each device, so not with tensor parallelism (it splits the
 vocabulary). Off GPU it runs in Pallas' interpreter (tests compare it with the plain formula).
 """

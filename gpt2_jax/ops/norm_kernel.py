@@ -18,7 +18,6 @@ with the jnp formula and with autodiff).
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +28,8 @@ from gpt2_jax.ops import pallas
 from gpt2_jax.parallel import sharding
 
 EPS = 1e-5  # GPT-2's (and flax's) LayerNorm epsilon
-# The tiling, from a sweep on an H100 (BENCHMARKS.md, run aj). Loads of 16,384 elements or more
-# ran "faster" but computed wrong values (NaN), so rows wider than one load are refused.
+# The tiling: the fastest of a sweep (docs/benchmarks/ has it). Loads of 16,384 elements or more
+# computed wrong values (NaN) on a GPU, so rows wider than one load are refused.
 ROW_ELEMENTS = 8192  # elements per load: 8 rows of 768 (padded to 1024), 4 of 1600 (to 2048)
 GROUP_ROWS = 256  # rows summed into one partial of the column sums (backward)
 MAX_WIDTH = ROW_ELEMENTS  # the widest row (model.n_embd) the kernels take
@@ -147,7 +146,7 @@ def add_layer_norm(x: jax.Array, h: jax.Array, h_bias: jax.Array, gain: jax.Arra
     reduction, happen here rather than in passes of their own."""
     if x.shape[-1] > MAX_WIDTH:
         raise ValueError(f"norm_kernel.add_layer_norm takes rows of at most {MAX_WIDTH} channels, "
-                         f"not {x.shape[-1]} (wider loads computed wrong values on an H100)")
+                         f"not {x.shape[-1]} (wider loads compute wrong values)")
     return _add_layer_norm(x, h.astype(x.dtype), h_bias, gain, bias)
 
 

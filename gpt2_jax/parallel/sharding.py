@@ -45,7 +45,7 @@ def optimizer_rules(zero1: bool, split_layers: bool = False) -> tuple:
     (the data axis divides n_layer), the stacked blocks split by whole layers: each device updates
     its layers and the step's all-gather of the params joins contiguous halves. Split along
     "embed", a middle axis of the stacked kernels, the gather needed a transposed copy of every
-    kernel on each side (1558M on 2 GPUs: 30 ms of transposes per 2 steps). Other params (the
+    kernel on each side. Other params (the
     embeddings, ln_f) split along "embed"."""
     if not zero1:
         return LOGICAL_AXIS_RULES
