@@ -1,20 +1,35 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) and the fixtures tests share.
-Helpers that tests import live in helpers.py."""
+"""Test setup: 8 fake CPU devices and a compilation cache shared by the session's processes (set
+before jax is imported), and the fixtures tests share. Helpers that tests import live in helpers.py.
+
+`pytest -m gpu` leaves the platform to jax, so the GPU tier runs on a GPU where there is one."""
 
 import os
+import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import pytest
 
-import pytest  # noqa: E402
+from helpers import FIXTURES, TINY, run_module
 
-from gpt2_jax.config import load_config  # noqa: E402
-from helpers import FIXTURES, TINY, run_module  # noqa: E402
+
+def pytest_configure(config):
+    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    if config.option.markexpr.strip() != "gpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # Tests and the commands they start compile the same tiny programs again and again (every
+    # build_training or jax.jit of a new closure is a new compile); XLA's persistent cache, keyed by
+    # the program, turns the repeats into reads. A fresh directory per session, so a run measures
+    # what a clean checkout costs; point GPT2_JAX_TEST_CACHE at a directory to keep it.
+    cache = os.environ.get("GPT2_JAX_TEST_CACHE") or tempfile.mkdtemp(prefix="gpt2_jax_xla_")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 @pytest.fixture
 def tiny_config():
     """tiny_config(*overrides) -> a validated tiny config with extra `--config.a.b=v` overrides."""
+    from gpt2_jax.config import load_config
+
     return lambda *overrides: load_config(None, [*TINY, *overrides])
 
 

@@ -26,8 +26,10 @@ def test_the_model_trains_the_same_with_either_kernel(key):
     for kernel in ("xla", "pallas"):
         model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, **{key: kernel}))
         params = init_params(model, jax.random.key(0))
-        results.append(jax.jit(jax.value_and_grad(
-            lambda p: next_token_loss(model, p, tokens)))(params))
+        step = jax.value_and_grad(lambda p: next_token_loss(model, p, tokens))
+        # The program itself, not only its values: a model that ignored the key would pass below.
+        assert ("pallas_call" in str(jax.make_jaxpr(step)(params))) == (kernel == "pallas")
+        results.append(jax.jit(step)(params))
     (xla_loss, xla_grads), (pallas_loss, pallas_grads) = results
     np.testing.assert_allclose(pallas_loss, xla_loss, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
