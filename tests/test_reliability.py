@@ -450,9 +450,10 @@ def test_hf_export_refuses_a_non_empty_directory_and_writes_readable_files(six_s
     hf.export_weights(six_step_run, out, force=True)
     umask = os.umask(0)
     os.umask(umask)
-    for name in ("config.json", "model.safetensors"):
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    for name in written:
         assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_hf_export_without_the_hf_extra_says_what_to_install(six_step_run, tmp_path,
@@ -554,8 +555,8 @@ def test_resume_with_changed_settings_lists_them_and_keeps_the_earlier_config(si
 
 
 @pytest.mark.parametrize("flag, message", [
-    (["--temperature", "-1"], "error: --temperature -1.0: must be >= 0 (0 = greedy)"),
-    (["--num_samples", "0"], "error: --num_samples 0: must be at least 1"),
+    (["--temperature", "-1"], "error: --temperature must be >= 0 (0 = greedy), not -1.0"),
+    (["--num_samples", "0"], "error: --num_samples must be at least 1, not 0"),
 ])
 def test_sample_refuses_a_negative_temperature_and_no_samples(six_step_run, flag, message):
     from gpt2_jax.sample import main as sample_main
