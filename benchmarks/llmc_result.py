@@ -1,4 +1,4 @@
-"""llm.c's training log -> the figures and the results.jsonl row that `gpt2_jax.bench --loop` gives us.
+"""llm.c's training log -> the figures and the results.jsonl row `gpt2_jax.bench --loop` gives us.
 
     export BENCH_RUN_ID=ID   # the run_id of our bench rows from the same sitting
     benchmarks/llmc.sh run LLMC d12 64 65536 300 TRAIN_GLOB VAL_GLOB > llmc.log
@@ -32,7 +32,7 @@ LAUNCH = "# "  # the first line benchmarks/llmc.sh writes: "# benchmarks/llmc.sh
 
 
 def step_lines(lines: list[str]) -> dict[int, tuple[float, float | None]]:
-    """{step: (ms, MFU fraction, None where llm.c does not know the GPU)} from llm.c's step lines."""
+    """{step: (ms, MFU fraction or None where llm.c does not know the GPU)} from its step lines."""
     steps = {}
     for line in lines:
         m = STEP.match(line)

@@ -28,7 +28,7 @@ LEVERS = HERE / "levers.json"
 OUTPUT = HERE.parent / "BENCHMARKS.md"
 README = HERE.parent / "README.md"
 # README's performance table sits between these lines; --write replaces what is between them.
-README_START = "<!-- one H100 beside llm.c: benchmarks/results_table.py --write fills this table -->"
+README_START = "<!-- one H100 beside llm.c: results_table.py --write fills this table -->"
 README_END = "<!-- end of the generated table -->"
 
 GPUS = ("1x NVIDIA H100 80GB HBM3", "1x NVIDIA H200", "2x NVIDIA H100 80GB HBM3", "2x NVIDIA H200")
@@ -123,7 +123,8 @@ def training_table(rows: list[dict], current: list[dict]) -> list[str]:
     for r in current:
         beside = llmc_rows(r, rows)
         lines.append(cells([
-            r["config"], f"{r['tokens_per_step']:,} tokens" + (f", {layout(r)}" if layout(r) else ""),
+            r["config"],
+            f"{r['tokens_per_step']:,} tokens" + (f", {layout(r)}" if layout(r) else ""),
             run_as(r), number(r["tokens_per_sec"]),
             f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "",
             f"{r['peak_memory_gib']:.1f} GiB" if r.get("peak_memory_gib") else "",
@@ -172,6 +173,21 @@ def serve_table(rows: list[dict], gpu: str) -> list[str]:
     for r in newest.values():
         lines.append(cells([r["config"], r["clients"], number(r["tokens_per_sec"]),
                             f"{r['p50_latency_ms']:,.0f} ms", f"{r['p99_latency_ms']:,.0f} ms",
+                            f"{r['run_id']} ({r['date']})", f"`{r['command']}`"]))
+    return lines
+
+
+def quality_table(rows: list[dict], gpu: str) -> list[str]:
+    """Training runs kept for their loss (mode quality; the first ones were recorded as train)."""
+    runs = [r for r in rows if r["mode"] in ("quality", "train") and r["gpu"] == gpu
+            and final_val_loss(r) is not None]
+    if not runs:
+        return []
+    lines = header("config", "overrides", "steps", "tokens", "final val loss", "run", "command")
+    for r in runs:
+        shown = [f"{k}={v}" for k, v in overrides(r).items() if k not in SETUP_KEYS - {"model.fp8"}]
+        lines.append(cells([r["config"], " ".join(shown) or "-", r["steps"],
+                            number(r.get("tokens")), f"{final_val_loss(r):.4f}",
                             f"{r['run_id']} ({r['date']})", f"`{r['command']}`"]))
     return lines
 
@@ -225,7 +241,8 @@ def readme_table(rows: list[dict], curation: dict) -> str:
         if r["gpu"] == README_GPU and beside:
             lines.append(cells([
                 r["config"], f"{r['tokens_per_step']:,} tokens", run_as(r),
-                number(r["tokens_per_sec"]), " / ".join(number(b["tokens_per_sec"]) for b in beside),
+                number(r["tokens_per_sec"]),
+                " / ".join(number(b["tokens_per_sec"]) for b in beside),
                 " / ".join(f"**{percent(r['tokens_per_sec'], b['tokens_per_sec'])}**"
                            for b in beside)]))
     return "\n".join(lines)
@@ -240,50 +257,59 @@ def with_readme_table(readme: str, table: str) -> str:
     return f"{head}{start}\n{table}\n{end}{tail}"
 
 
+INTRO = """# Benchmarks
+
+Generated from [benchmarks/results.jsonl](benchmarks/results.jsonl) by
+`python benchmarks/results_table.py --write`; do not edit by hand. To add a measurement, run
+`python -m gpt2_jax.bench ... --record` (for inference, `bench --decode ... --record FILE`) and,
+for llm.c beside it, `benchmarks/llmc.sh run ...` and `python benchmarks/llmc_result.py LOG
+--record` with the same run_id (`$BENCH_RUN_ID`), then regenerate. How the figures were reached
+is in the dated notes of [docs/benchmarks/](docs/benchmarks/README.md).
+
+Each row of results.jsonl is one measurement; rows measured in one call on one machine share a
+`run_id`, and only rows of one `run_id` are compared here (llm.c beside ours, a lever's before and
+after). Throughput is tokens per optimizer step over the mean steady-state step time; MFU is
+llm.c's formula against the GPU's dense bf16 peak; memory is what the compiled step needs (step
+bench) or the run's peak (loop). The fields a row may carry (`FIELDS` in
+`gpt2_jax/bench/results.py`; `mode` says which apply) are at the end.
+
+The tables show, per GPU kind, the newest row of each config and way of running it (the step bench
+on device-made tokens; the training loop, `bench --loop`, on real-text shards; FP8 is
+`--config.model.fp8=True`), with llm.c's row from the same `run_id` and our gap to it. Rows that
+measured a lever, and rows that ran code other than the project's (`not_current` in
+[benchmarks/levers.json](benchmarks/levers.json)), are left out.
+"""
+
+LEVERS_INTRO = """## Levers
+
+What each lever gave, measured in one `run_id` before and after it: the mean of the rows named on
+each side (`RUN_ID#N` is the N-th row of that run_id in results.jsonl). The rows are chosen in
+[benchmarks/levers.json](benchmarks/levers.json); the figures come from results.jsonl.
+"""
+
+
 def render(rows: list[dict], curation: dict) -> str:
     current_ = current(rows, curation)
-    out = [
-        "# Benchmarks",
-        "",
-        "Generated from [benchmarks/results.jsonl](benchmarks/results.jsonl) by "
-        "`python benchmarks/results_table.py --write`; do not edit by hand. To add a measurement, "
-        "run `python -m gpt2_jax.bench ... --record` (`--decode` for inference) and "
-        "`benchmarks/llmc.sh` + `python benchmarks/llmc_result.py ... --record` for llm.c beside it "
-        "with the same `--run_id`, then regenerate. How the figures were reached, sitting by "
-        "sitting, is in the dated notes of [docs/benchmarks/](docs/benchmarks/README.md).",
-        "",
-        "Each row of results.jsonl is one measurement; rows measured in one call on one machine share "
-        "a `run_id`, and only rows of one `run_id` are compared here (llm.c beside ours, a lever's "
-        "before and after). Throughput is tokens per optimizer step over the mean steady-state step "
-        "time; MFU is llm.c's formula against the GPU's dense bf16 peak; memory is what the compiled "
-        "step needs (step bench) or the run's peak (loop). The fields a row may carry, defined in "
-        f"`gpt2_jax/bench/results.py` (`FIELDS`): {', '.join(f'`{f}`' for f in FIELDS)}.",
-        "",
-        "The tables show, per GPU kind, the newest row of each config and way of running it (the "
-        "step bench on device-made tokens; the training loop, `bench --loop`, on real-text shards; "
-        "FP8 is `--config.model.fp8=True`), with llm.c's row from the same `run_id` and our gap to "
-        "it. Rows that measured a lever, and rows that ran code other than the project's "
-        "(`not_current` in [benchmarks/levers.json](benchmarks/levers.json)), are left out.",
-    ]
+    out = [INTRO.rstrip()]
     for gpu in GPUS:
         ours = [r for r in current_ if r["gpu"] == gpu]
         decode, serve = decode_table(rows, gpu), serve_table(rows, gpu)
-        if not (ours or decode or serve):
+        quality = quality_table(rows, gpu)
+        if not (ours or decode or serve or quality):
             continue
         out += ["", f"## {gpu}"]
         if ours:
             out += ["", "### Training", "", *training_table(rows, ours)]
+        if quality:
+            out += ["", "### Quality (training runs on real text)", "", *quality]
         if decode:
-            out += ["", "### Decoding (`bench --decode`)", "", *decode_table(rows, gpu)]
+            out += ["", "### Decoding (`bench --decode`)", "", *decode]
         if serve:
             out += ["", "### Serving (the OpenAI-compatible server under concurrent clients)", "",
                     *serve]
-    out += ["", "## Levers",
-            "",
-            "What each lever gave, measured in one `run_id` before and after it (the mean of the rows "
-            "named on each side, in results.jsonl's `RUN_ID#N` numbering; the rows are chosen in "
-            "[benchmarks/levers.json](benchmarks/levers.json), the figures come from results.jsonl).",
-            "", *levers_table(rows, curation["levers"])]
+    out += ["", LEVERS_INTRO.rstrip(), "", *levers_table(rows, curation["levers"])]
+    out += ["", "## Row schema", "", *header("field", "meaning"),
+            *(cells([f"`{name}`", meaning]) for name, meaning in FIELDS.items())]
     return "\n".join(out) + "\n"
 
 
