@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from gpt2_jax.errors import UserError, exits_on_user_error  # noqa: E402
 from gpt2_jax.training.metrics import read_rows  # noqa: E402
 
-# HellaSwag acc_norm of OpenAI's checkpoints, scored like llm.c (reference-facts.md).
+# HellaSwag acc_norm of OpenAI's checkpoints, scored like llm.c, as llm.c's GPT-2 reproductions
+# report them (karpathy/llm.c discussions 481 and 677).
 HELLASWAG_BASELINES = {"OpenAI GPT-2 124M": 0.295, "OpenAI GPT-2 1.5B": 0.489}
 # CORE of OpenAI's GPT-2 1.5B as nanochat's README and dev/LEADERBOARD.md state it (the bar of its
 # time-to-GPT-2 leaderboard).

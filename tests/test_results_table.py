@@ -1,9 +1,11 @@
-"""benchmarks/results_table.py renders the named runs' rows of results.jsonl as BENCHMARKS.md's
-table: one line per row, in file order, with the figures formatted and the row's note kept."""
+"""BENCHMARKS.md and README's performance table are what benchmarks/results_table.py makes of the
+committed results.jsonl, and the generator sets llm.c's row from the same run_id beside ours."""
 
 import importlib.util
 import json
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("results_table",
@@ -11,24 +13,79 @@ spec = importlib.util.spec_from_file_location("results_table",
 results_table = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(results_table)
 
-ROW = {"date": "2026-11-26", "gpu": "2x NVIDIA H200", "jax": "0.11.2", "config": "gpt2_1558m",
-       "overrides": ["--config.mesh.data=1", "--config.mesh.fsdp=2"], "data": "synthetic",
-       "steps": 10, "tokens_per_sec": 97313.4, "tokens_per_sec_last": 97208.0, "mfu": 0.483,
-       "peak_memory_gib": 55.41, "run_id": "h200x2-20261126-ao",
-       "command": "python -m gpt2_jax.bench --config configs/gpt2_1558m.py", "note": "a | b"}
+GPU = "1x NVIDIA H100 80GB HBM3"
+NO_CURATION = {"levers": [], "not_current": []}
 
 
-def test_only_the_named_runs_rows_in_file_order(tmp_path, capsys):
-    rows = [ROW, {**ROW, "run_id": "h100-20261126-aq", "tokens_per_sec": 1.0},
-            {**ROW, "tokens_per_sec": 95201.0, "tokens_per_sec_last": 95201.0, "mfu": None}]
-    jsonl = tmp_path / "results.jsonl"
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results_table.main(["h200x2-20261126-ao", "--jsonl", str(jsonl)])
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| date | GPU |") and lines[1].count("|---") == 11
-    assert len(lines) == 4
-    cells = [c.strip() for c in lines[2].strip("|").split(" | ")]
-    assert cells[3:9] == ["ao", "gpt2_1558m: mesh.data=1 mesh.fsdp=2", "synthetic, 10",
-                          "97,313 (97,208)", "48.3%", "55.4 GiB"]
-    assert cells[9] == "a / b"  # a bar would split the cell
-    assert "| 95,201 |" in lines[3] and "| 48.3% |" not in lines[3]
+def _row(run_id, config, tokens_per_sec, mode="step", overrides=(), gpu=GPU):
+    return {"date": "2026-12-03", "gpu": gpu, "jax": None if mode == "llm.c" else "0.11.2",
+            "config": config, "overrides": list(overrides), "mode": mode, "run_id": run_id,
+            "command": f"measure {config} {' '.join(overrides)}".strip(), "data": "synthetic",
+            "steps": 10, "tokens_per_step": 65536, "tokens_per_sec": tokens_per_sec,
+            "tokens_per_sec_last": tokens_per_sec, "mfu": None, "peak_memory_gib": 10.0}
+
+
+def _write(tmp_path, rows):
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return results_table.load_rows(path)
+
+
+def test_benchmarks_md_and_the_readme_table_are_generated_from_the_committed_rows():
+    results_table.main(["--check"])  # exits 1 naming the stale file
+
+
+def test_llmc_of_the_same_run_id_size_and_gpus_is_set_beside_ours(tmp_path):
+    rows = _write(tmp_path, [
+        _row("old", "gpt2_124m", 400_000), _row("old", "llm.c -e d12", 999_999, mode="llm.c"),
+        _row("new", "gpt2_124m", 550_000), _row("new", "llm.c -e d12", 500_000, mode="llm.c"),
+        _row("new", "llm.c -e d48", 50_000, mode="llm.c"),
+        _row("new", "llm.c -e d12", 1_000_000, mode="llm.c", gpu="2x NVIDIA H100 80GB HBM3")])
+    (current,) = results_table.current_rows(rows, set())
+    assert current["run_id"] == "new"  # the newest row of the config
+    assert [r["tokens_per_sec"] for r in results_table.llmc_rows(current, rows)] == [500_000]
+    table = results_table.readme_table(rows, NO_CURATION)
+    assert "| gpt2_124m | 65,536 tokens | step bench | 550,000 | 500,000 | **+10.0%** |" in table
+
+
+def test_lever_rows_and_rows_set_aside_are_not_a_configs_current_figure(tmp_path):
+    rows = _write(tmp_path, [
+        _row("r", "gpt2_124m", 500_000),
+        _row("r", "gpt2_124m", 480_000, overrides=["--config.model.loss_kernel=xla"]),
+        _row("r", "gpt2_124m", 490_000),  # e.g. older code run from a copy
+        _row("r", "gpt2_124m", 520_000, overrides=["--config.model.fp8=True"])])
+    current = results_table.current_rows(rows, {"r#3"})
+    assert [(r["ref"], results_table.run_as(r)) for r in current] == [
+        ("r#1", "step bench"), ("r#4", "step bench, FP8")]
+
+
+def test_a_lever_is_the_mean_of_the_rows_it_names_on_each_side(tmp_path):
+    rows = _write(tmp_path, [
+        _row("r", "gpt2_124m", 100, overrides=["--config.model.gelu_kernel=xla"]),
+        _row("r", "gpt2_124m", 110), _row("r", "gpt2_124m", 102,
+                                          overrides=["--config.model.gelu_kernel=xla"]),
+        _row("r", "gpt2_124m", 112)])
+    lever = {"lever": "model.gelu_kernel=pallas", "what": "the GELU kernel",
+             "before": ["r#1", "r#3"], "after": ["r#2", "r#4"]}
+    (line,) = results_table.levers_table(rows, [lever])[2:]
+    assert "| 101 | 111 | **+9.9%** |" in line and "r#1, r#3 -> r#2, r#4" in line
+    with pytest.raises(SystemExit, match="r#9"):
+        results_table.levers_table(rows, [{**lever, "after": ["r#9"]}])
+
+
+def test_the_readme_table_replaces_only_what_is_between_its_markers():
+    readme = f"intro\n{results_table.README_START}\nold table\n{results_table.README_END}\nrest\n"
+    assert results_table.with_readme_table(readme, "new") == (
+        f"intro\n{results_table.README_START}\nnew\n{results_table.README_END}\nrest\n")
+    with pytest.raises(SystemExit, match="README.md lacks"):
+        results_table.with_readme_table("no markers", "new")
+
+
+def test_quality_rows_show_their_final_validation_loss(tmp_path):
+    rows = _write(tmp_path, [
+        {**_row("q", "gpt2_350m", 1, mode="quality", overrides=["--config.model.fp8=True"]),
+         "val_loss": 3.1234, "tokens": 65_536_000},
+        {**_row("q", "gpt2_124m", 1, mode="train"), "val_loss": {"250": 4.0, "1000": 3.25}}])
+    lines = results_table.quality_table(rows, GPU)
+    assert "| gpt2_350m | model.fp8=True | 10 | 65,536,000 | 3.1234 |" in lines[2]
+    assert "| gpt2_124m | - | 10 |  | 3.2500 |" in lines[3]
