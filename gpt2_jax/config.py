@@ -1,13 +1,18 @@
-"""Run configuration: the full hyperparameter sheet, loading with overrides, and validation.
+"""Run configuration: the full hyperparameter sheet, loading a config file with overrides,
+validation, and the typed objects a command resolves a config into.
 
-Config files are ml_collections files with `get_config()`; they start from `base_config()` (GPT-2
-124M with llm.c's hyperparameters) and change what differs. Overrides are `--config.a.b=value`;
-an unknown key or a value of the wrong type is rejected with a ConfigError naming the key.
+Config files are Python files with `get_config()`; they start from `base_config()` (GPT-2 124M
+with llm.c's hyperparameters) and change what differs. Overrides are `--config.a.b=value`. A key
+the sheet lacks, in a file or an override, or a value of the wrong type, is a ConfigError naming
+the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib.machinery
+import importlib.util
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,54 +20,33 @@ from pathlib import Path
 import jax
 import ml_collections
 from absl import flags
-from ml_collections import config_flags
+from jax.sharding import Mesh
 
 from gpt2_jax.errors import ConfigError
-from gpt2_jax.ops.norm_kernel import MAX_WIDTH as NORM_KERNEL_WIDTH
-from gpt2_jax.model import REMAT_CHOICES, GPTConfig
+from gpt2_jax.model import GPTConfig
+from gpt2_jax.ops import kernels
+from gpt2_jax.parallel.sharding import BatchLayout
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
-# The model's Pallas kernel choices (auto | pallas | xla): speed choices, not part of a run's
-# weights, so a restored checkpoint chooses them again for its own mesh.
-PALLAS_KERNEL_KEYS = ("loss_kernel", "gelu_kernel", "norm_kernel")
 # The config that runs when no --config is given: a small GPT-2 on the shipped Shakespeare text.
 DEFAULT_CONFIG_PATH = str(Path(__file__).parent / "configs" / "shakespeare.py")
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """GPT-2 124M on FineWeb with llm.c's settings; every field commented."""
-    c = ml_collections.ConfigDict()
+def _model_fields() -> tuple[dataclasses.Field, ...]:
+    """GPTConfig's fields that are config keys (model.<name>)."""
+    return tuple(f for f in dataclasses.fields(GPTConfig) if f.metadata.get("config", True))
 
-    c.model = ml_collections.ConfigDict()
-    c.model.n_layer = 12
-    c.model.n_head = 12
-    c.model.n_embd = 768
-    c.model.vocab_size = 50304  # 50257 padded to a multiple of 64; the padding never wins
-    c.model.block_size = 1024  # longest sequence (learned position embeddings)
-    c.model.dtype = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | bfloat16 | float32
-    c.model.attention = "auto"  # auto (cudnn on GPU with bf16, else xla) | cudnn | xla
-    c.model.remat = "none"  # activation recomputation: none | full | a jax.checkpoint_policies name
-    c.model.logits_dtype = "float32"  # storage of the loss's logits: float32 | bfloat16 (softmax in fp32)
-    # The loss after the LM head: auto (pallas on GPUs without tensor parallelism, else xla) |
-    # pallas (llm.c's fused classifier as a Pallas kernel, ops/loss_kernel.py; on a mesh each
-    # device runs it on its rows, so mesh.tensor must be 1; no softcap) | xla
-    c.model.loss_kernel = "auto"
-    # The MLP's bias add and GELU: auto (pallas on GPUs, else xla) | pallas (forward and backward
-    # as Pallas kernels, ops/gelu_kernel.py; on a mesh each device runs them on its shard) | xla
-    c.model.gelu_kernel = "auto"
-    # The residual and bias adds and the LayerNorm after them: auto (pallas on GPUs with
-    # model.norm=layernorm, else xla) | pallas (one Pallas kernel each way, ops/norm_kernel.py; on a
-    # mesh each device runs them on its rows) | xla
-    c.model.norm_kernel = "auto"
-    c.model.scan_unroll = 1  # layers per iteration of the compiled layer loop (n_layer = unrolled)
-    c.model.fp8 = False  # FP8 (e4m3/e5m2, current scaling) for the blocks' matmuls; Hopper+ GPUs
-    # The modern recipe (configs/modern_124m.py turns it on); the defaults are exact GPT-2.
-    c.model.pos_emb = "learned"  # learned (wpe) | rope (rotary embeddings on q and k, no wpe)
-    c.model.norm = "layernorm"  # layernorm | rmsnorm
-    c.model.qk_norm = False  # RMS-normalize q and k per head before attention
-    c.model.mlp_act = "gelu_tanh"  # gelu_tanh | relu2 (squared ReLU)
-    c.model.tie_embeddings = True  # False: a separate lm_head, zero-initialized
-    c.model.logit_softcap = 0.0  # > 0: logits = c * tanh(logits / c) (0 = off)
+
+def _config_default(field: dataclasses.Field):
+    """A model field's value in base_config: "auto" where the field can be resolved."""
+    return "auto" if "auto" in field.metadata.get("choices", ()) else field.default
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """GPT-2 124M on FineWeb with llm.c's settings. The model section is GPTConfig's fields (their
+    comments are in gpt2_jax/model/gpt.py); every other field is commented here."""
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict({f.name: _config_default(f) for f in _model_fields()})
 
     c.train = ml_collections.ConfigDict()
     c.train.max_steps = 19073  # optimizer steps (10B tokens / 524,288)
@@ -102,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.name = "adamw"  # adamw (everything, at optim.lr) | muon (hidden matrices; groups below)
     # optim.name=muon only: Muon on the blocks' matrices, Adam (optim.b1/b2/eps, no decay) on the
     # rest, each group at its own peak lr on the same warmup + cosine shape. Muon, embedding and
-    # head lrs from modded-nanogpt's 2024-11-06 record (records/110624_ShortcutsTweaks).
+    # head lrs from modded-nanogpt's record (records/110624_ShortcutsTweaks).
     c.optim.muon_lr = 0.02  # Muon: the blocks' weight matrices
     c.optim.muon_momentum = 0.95  # Muon's Nesterov momentum
     c.optim.embed_lr = 0.3  # Adam: token (and position) embeddings
@@ -130,16 +114,30 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _parse(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-    """The config file with overrides applied by ml_collections' typed flag parser."""
-    argv = ["gpt2_jax", *overrides]
-    flag_values = flags.FlagValues()
+# Parsers of override values, by the type of the field they replace (absl's, as flags use).
+_PARSERS = {bool: flags.BooleanParser(), int: flags.IntegerParser(),
+            float: flags.FloatParser(), str: flags.ArgumentParser()}
+
+
+def _unknown_key(path: list[str], depth: int, known: Sequence[str], context: str = "") -> str:
+    """The error for key `path`, whose part `depth` is not among `known`, with a close match."""
+    close = difflib.get_close_matches(path[depth], list(known), n=1)
+    hint = f"; did you mean {'.'.join(path[:depth] + close)}?" if close else ""
+    return f"unknown config key {'.'.join(path)}{context}{hint}"
+
+
+def _execute(path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of the config file at `path`; the file is executed once."""
+    name = f"gpt2_jax_config_file_{Path(path).stem}"
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
     try:
-        config_flags.DEFINE_config_file("config", path, flag_values=flag_values,
-                                        lock_config=True, sys_argv=argv)
-        flag_values(argv)
-    except flags.Error as e:
-        raise ConfigError(str(e)) from None
+        loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise ConfigError(f"{path}: a config file defines get_config() (see configs/)")
+        config = module.get_config()
+    except ConfigError:
+        raise
     except SyntaxError as e:
         raise ConfigError(f"{e.filename}:{e.lineno}: syntax error in the config file: "
                           f"{e.msg}") from None
@@ -148,33 +146,63 @@ def _parse(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
                  if Path(frame.f_code.co_filename).resolve() == Path(path).resolve()]
         where = f"{path}:{lines[-1]}" if lines else path
         raise ConfigError(f"{where}: the config file failed: {type(e).__name__}: {e}") from None
-    return flag_values.config
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not the "
+                          "ConfigDict of base_config()")
+    return config
 
 
-def _check_override_key(config: ml_collections.ConfigDict, override: str) -> None:
+def _check_keys(config: ml_collections.ConfigDict, sheet: ml_collections.ConfigDict,
+                path: str, prefix: tuple[str, ...] = ()) -> None:
+    """A config file changes values of base_config()'s keys; it neither adds keys (a typo
+    would be ignored) nor removes them."""
+    for key in config.keys():
+        if key not in sheet:
+            raise ConfigError(f"{path}: " + _unknown_key([*prefix, key], len(prefix),
+                                                         sheet.keys()))
+        if isinstance(sheet[key], ml_collections.ConfigDict):
+            if not isinstance(config[key], ml_collections.ConfigDict):
+                raise ConfigError(f"{path}: config key {'.'.join([*prefix, key])} is a section "
+                                  f"of base_config(), not {config[key]!r}")
+            _check_keys(config[key], sheet[key], path, (*prefix, key))
+    missing = [".".join([*prefix, key]) for key in sheet.keys() if key not in config]
+    if missing:
+        raise ConfigError(f"{path}: missing config key(s) {', '.join(missing)}: start from "
+                          "base_config() and change values")
+
+
+def _apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+    """`--config.a.b=value`, the value parsed as the type of the field it replaces."""
     if not override.startswith("--config.") or "=" not in override:
         raise ConfigError(f"override {override!r} must look like --config.section.key=value")
-    path = override[len("--config."):].split("=", 1)[0].split(".")
-    node = config
-    for depth, key in enumerate(path):
-        if not isinstance(node, ml_collections.ConfigDict) or key not in node:
-            known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {'.'.join(path[:depth] + close)}?" if close else ""
-            raise ConfigError(f"unknown config key {'.'.join(path)} (in {override}){hint}")
-        node = node[key]
+    key, text = override[len("--config."):].split("=", 1)
+    path, node = key.split("."), config
+    for depth, name in enumerate(path[:-1]):
+        if not isinstance(node[name] if name in node else None, ml_collections.ConfigDict):
+            raise ConfigError(_unknown_key(path, depth, node.keys(), f" (in {override})"))
+        node = node[name]
+    if path[-1] not in node:
+        raise ConfigError(_unknown_key(path, len(path) - 1, node.keys(), f" (in {override})"))
+    parser = _PARSERS.get(type(node[path[-1]]))
+    if parser is None:
+        raise ConfigError(f"flag {override}: config.{key} is a section; override its keys")
+    try:
+        node[path[-1]] = parser.parse(text)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"flag {override}: {e}") from None
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Load a config file (default: the Shakespeare one), apply `--config.a.b=value` overrides
-    (typed like the field they replace), and validate the result."""
+    (typed like the field they replace), and validate the result (locked: no key can be added)."""
     path = path or DEFAULT_CONFIG_PATH
     if not Path(path).is_file():
         raise ConfigError(f"config file {path} does not exist")
-    base = _parse(path, [])
+    config = _execute(path)
+    _check_keys(config, base_config(), path)
     for override in overrides:
-        _check_override_key(base, override)
-    config = _parse(path, overrides) if overrides else base
+        _apply_override(config, override)
+    config.lock()
     validate(config)
     return config
 
@@ -184,57 +212,32 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _model_spec(m: ml_collections.ConfigDict) -> GPTConfig:
+    """A config's model section as a GPTConfig, field by field, "auto" choices unresolved. A key
+    the section lacks (a checkpoint's config from before the key existed) takes its default."""
+    return GPTConfig(real_vocab_size=VOCAB_SIZE, **{
+        f.name: m[f.name] if f.name in m else _config_default(f) for f in _model_fields()})
+
+
+def _known(size: int) -> int:
+    """A mesh axis' size as far as the config fixes it (-1 is resolved with the devices)."""
+    return size if size > 0 else 1
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Reject configs that cannot run, naming the key(s), before any work starts."""
+    """Reject configs that cannot run, naming the key(s), before any work starts. The batch and
+    tensor-parallel checks see the mesh axes the config fixes; RunPlan sees the mesh."""
+    _model_spec(c.model).check()
     m, t, o = c.model, c.train, c.optim
-    _check(m.n_layer > 0 and m.n_head > 0 and m.n_embd > 0,
-           "model.n_layer, model.n_head and model.n_embd must be positive")
-    _check(m.n_embd % m.n_head == 0,
-           f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
-    _check(m.vocab_size >= VOCAB_SIZE,
-           f"model.vocab_size ({m.vocab_size}) must be at least GPT-2's {VOCAB_SIZE}")
-    _check(m.dtype in ("auto", "bfloat16", "float32"),
-           f"model.dtype must be auto, bfloat16 or float32, not {m.dtype!r}")
-    _check(m.attention in ("auto", "cudnn", "xla"),
-           f"model.attention must be auto, cudnn or xla, not {m.attention!r}")
-    _check(m.logits_dtype in ("float32", "bfloat16"),
-           f"model.logits_dtype must be float32 or bfloat16, not {m.logits_dtype!r}")
-    for key in PALLAS_KERNEL_KEYS:
-        _check(m[key] in ("auto", "pallas", "xla"),
-               f"model.{key} must be auto, pallas or xla, not {m[key]!r}")
-    _check(m.gelu_kernel != "pallas" or m.mlp_act == "gelu_tanh",
-           f"model.gelu_kernel=pallas computes GELU, and model.mlp_act is {m.mlp_act!r}: set "
-           "model.gelu_kernel=auto or xla")
-    _check(m.norm_kernel != "pallas" or m.norm == "layernorm",
-           f"model.norm_kernel=pallas computes LayerNorm, and model.norm is {m.norm!r}: set "
-           "model.norm_kernel=auto or xla")
-    _check(m.norm_kernel != "pallas" or m.n_embd <= NORM_KERNEL_WIDTH,
-           f"model.norm_kernel=pallas takes rows of at most {NORM_KERNEL_WIDTH} channels, and "
-           f"model.n_embd is {m.n_embd}: set model.norm_kernel=auto or xla")
-    _check(m.loss_kernel != "pallas" or m.logit_softcap == 0,
-           "model.loss_kernel=pallas has no logit softcap: set model.logit_softcap=0 or "
-           "model.loss_kernel=xla")
-    _check(1 <= m.scan_unroll <= m.n_layer,
-           f"model.scan_unroll ({m.scan_unroll}) must be in 1..model.n_layer ({m.n_layer})")
-    _check(m.remat in REMAT_CHOICES, f"model.remat must be one of {REMAT_CHOICES}, not {m.remat!r}")
-    _check(m.pos_emb in ("learned", "rope"),
-           f"model.pos_emb must be learned or rope, not {m.pos_emb!r}")
-    _check(m.pos_emb != "rope" or (m.n_embd // m.n_head) % 2 == 0,
-           f"model.pos_emb=rope needs an even head size, not {m.n_embd // m.n_head} "
-           "(model.n_embd / model.n_head)")
-    _check(m.norm in ("layernorm", "rmsnorm"),
-           f"model.norm must be layernorm or rmsnorm, not {m.norm!r}")
-    _check(m.mlp_act in ("gelu_tanh", "relu2"),
-           f"model.mlp_act must be gelu_tanh or relu2, not {m.mlp_act!r}")
-    _check(m.logit_softcap >= 0, f"model.logit_softcap ({m.logit_softcap}) must be >= 0 (0 = off)")
     _check(0 < t.seq_len <= m.block_size,
            f"train.seq_len ({t.seq_len}) must be in 1..model.block_size ({m.block_size})")
     _check(t.max_steps > 0 and t.micro_batch_size > 0,
            "train.max_steps and train.micro_batch_size must be positive")
+    for axis in ("data", "fsdp", "tensor"):
+        size = c.mesh[axis]
+        _check(size == -1 or size > 0, f"mesh.{axis} ({size}) must be positive or -1")
+    BatchLayout.split(t, _known(c.mesh.data) * _known(c.mesh.fsdp))
     micro_tokens = t.micro_batch_size * t.seq_len
-    _check(t.total_batch_size > 0 and t.total_batch_size % micro_tokens == 0,
-           f"train.total_batch_size ({t.total_batch_size}) must be a multiple of "
-           f"train.micro_batch_size * train.seq_len ({micro_tokens})")
     _check(t.loss_chunk_size >= 0 and (t.loss_chunk_size == 0 or micro_tokens % t.loss_chunk_size == 0),
            f"train.loss_chunk_size ({t.loss_chunk_size}) must divide the {micro_tokens} tokens "
            "of a micro-batch (train.micro_batch_size * train.seq_len), or be 0")
@@ -267,10 +270,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.data.source == "shards":
         _check(bool(c.data.train_files) and bool(c.data.val_files),
                "data.train_files and data.val_files must be glob patterns when data.source=shards")
-    for axis in ("data", "fsdp", "tensor"):
-        size = c.mesh[axis]
-        _check(size == -1 or size > 0, f"mesh.{axis} ({size}) must be positive or -1")
-    check_tensor_parallelism(c, c.mesh.tensor)
+    check_tensor_parallelism(c, _known(c.mesh.tensor))
 
 
 def check_tensor_parallelism(c: ml_collections.ConfigDict, tensor: int) -> None:
@@ -285,21 +285,6 @@ def check_tensor_parallelism(c: ml_collections.ConfigDict, tensor: int) -> None:
                                    "tensor parallelism splits it across devices")
 
 
-def _kernel_choice(key: str, choice: str, backend: str, devices: int, usable: bool,
-                   runs_per_device: bool) -> str:
-    """A Pallas kernel choice resolved. auto takes it on GPUs where the model is `usable` with
-    it: on any mesh if it `runs_per_device` (sharding.per_device; measured faster on 2 GPUs),
-    else on a single GPU only. An explicit pallas on several devices needs a kernel that runs
-    per device, else it is an error naming `key`."""
-    if choice == "auto":
-        on_gpu = backend == "gpu" and usable
-        return "pallas" if on_gpu and (devices == 1 or runs_per_device) else "xla"
-    _check(choice != "pallas" or devices == 1 or runs_per_device,
-           f"model.{key}=pallas runs on each device's whole rows (its kernel has no partitioning "
-           f"rule), which this mesh of {devices} devices splits (mesh.tensor): use auto or xla")
-    return choice
-
-
 def model_config(c: ml_collections.ConfigDict, backend: str | None = None,
                  devices: int | None = None, tensor: int | None = None) -> GPTConfig:
     """The model's static config, with "auto" choices resolved for the backend in use, the
@@ -308,24 +293,31 @@ def model_config(c: ml_collections.ConfigDict, backend: str | None = None,
     backend = backend or jax.default_backend()
     devices = devices or jax.device_count()
     tensor = c.mesh.tensor if tensor is None else tensor
-    m = c.model
-    dtype = m.dtype if m.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
-    attention = m.attention
+    spec = _model_spec(c.model)
+    dtype = spec.dtype if spec.dtype != "auto" else ("float32" if backend == "cpu" else "bfloat16")
+    attention = spec.attention
     if attention == "auto":
         attention = "cudnn" if backend == "gpu" and dtype == "bfloat16" else "xla"
-    # The loss kernel needs whole rows of logits: tensor parallelism splits the vocabulary.
-    loss_kernel = _kernel_choice("loss_kernel", m.loss_kernel, backend, devices,
-                                 usable=not m.logit_softcap, runs_per_device=tensor == 1)
-    gelu_kernel = _kernel_choice("gelu_kernel", m.gelu_kernel, backend, devices,
-                                 usable=m.mlp_act == "gelu_tanh", runs_per_device=True)
-    norm_kernel = _kernel_choice("norm_kernel", m.norm_kernel, backend, devices,
-                                 usable=m.norm == "layernorm" and m.n_embd <= NORM_KERNEL_WIDTH,
-                                 runs_per_device=True)
-    return GPTConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-                     vocab_size=m.vocab_size, real_vocab_size=VOCAB_SIZE,
-                     block_size=m.block_size, dtype=dtype,
-                     attention=attention, remat=m.remat, logits_dtype=m.logits_dtype,
-                     loss_kernel=loss_kernel, gelu_kernel=gelu_kernel, norm_kernel=norm_kernel,
-                     scan_unroll=m.scan_unroll, pos_emb=m.pos_emb, norm=m.norm,
-                     qk_norm=m.qk_norm, mlp_act=m.mlp_act, tie_embeddings=m.tie_embeddings,
-                     logit_softcap=m.logit_softcap, fp8=m.fp8)
+    return dataclasses.replace(spec, dtype=dtype, attention=attention,
+                               **kernels.resolve(spec, backend, devices, tensor))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """A config resolved for the mesh it trains on, once per command: the model, how a step's
+    batch splits, and how ZeRO-1 splits the optimizer state."""
+
+    model: GPTConfig  # "auto" choices resolved for this backend and mesh
+    batch: BatchLayout
+    zero1: bool  # the AdamW moments are also split over the data axis (mesh.zero1)
+    # ... and the stacked blocks' moments by whole layers, where the data axis divides n_layer
+    # (sharding.optimizer_rules says why).
+    zero1_by_layers: bool
+
+    @classmethod
+    def resolve(cls, c: ml_collections.ConfigDict, mesh: Mesh) -> "RunPlan":
+        check_tensor_parallelism(c, mesh.shape["tensor"])  # mesh.tensor=-1 is known only now
+        model = model_config(c, devices=mesh.size, tensor=mesh.shape["tensor"])
+        by_layers = c.mesh.zero1 and model.n_layer % mesh.shape["data"] == 0
+        return cls(model=model, batch=BatchLayout.from_config(c, mesh), zero1=c.mesh.zero1,
+                   zero1_by_layers=by_layers)

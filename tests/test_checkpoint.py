@@ -14,7 +14,8 @@ import pytest
 from helpers import TINY
 from gpt2_jax.parallel import sharding
 from gpt2_jax.training.checkpoint import Checkpointer, load_trained
-from gpt2_jax.config import PALLAS_KERNEL_KEYS, load_config, model_config
+from gpt2_jax.config import load_config, model_config
+from gpt2_jax.ops.kernels import KERNEL_KEYS
 from gpt2_jax.errors import CheckpointError
 from gpt2_jax.model import GPT
 from gpt2_jax.training.optim import make_optimizer
@@ -210,7 +211,7 @@ def test_a_run_restores_on_many_devices_whatever_kernels_it_trained_with(tmp_pat
         state = create_train_state(model, tx, state_shardings(model, tx, mesh1, window), seed=3,
                                    guard_window=window)
     with c.unlocked():
-        for key in PALLAS_KERNEL_KEYS:
+        for key in KERNEL_KEYS:
             if saved_kernel:
                 c.model[key] = saved_kernel
             else:
@@ -221,6 +222,6 @@ def test_a_run_restores_on_many_devices_whatever_kernels_it_trained_with(tmp_pat
 
     trained = load_trained(tmp_path)
     assert trained.mesh.size == 8
-    assert {getattr(trained.model.config, key) for key in PALLAS_KERNEL_KEYS} == {"xla"}
+    assert {getattr(trained.model.config, key) for key in KERNEL_KEYS} == {"xla"}
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(trained.params),
                  jax.device_get(state.params))

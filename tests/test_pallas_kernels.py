@@ -12,14 +12,15 @@ from jax.sharding import Mesh
 
 from gpt2_jax.ops import gelu_kernel, loss_kernel, norm_kernel
 from gpt2_jax.parallel import sharding
-from gpt2_jax.config import PALLAS_KERNEL_KEYS, model_config
+from gpt2_jax.config import model_config
+from gpt2_jax.ops.kernels import KERNEL_KEYS
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
 from gpt2_jax.training.optim import make_optimizer
 from gpt2_jax.training.step import build_training
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
-@pytest.mark.parametrize("key", PALLAS_KERNEL_KEYS)
+@pytest.mark.parametrize("key", KERNEL_KEYS)
 def test_the_model_trains_the_same_with_either_kernel(key):
     tokens = jax.random.randint(jax.random.key(4), (2, 17), 0, VOCAB_SIZE)
     results = []
@@ -110,7 +111,7 @@ def test_the_gelu_and_norm_kernels_train_the_same_per_device_on_a_mesh(tiny_conf
 def test_every_kernel_trains_the_same_per_device_without_tensor_parallelism(tiny_config):
     """data x fsdp = 4 x 2: the loss kernel too runs on each device's rows of logits."""
     mesh = train_three_steps(tiny_config, ("--config.mesh.data=4", "--config.mesh.fsdp=2"),
-                             PALLAS_KERNEL_KEYS)
+                             KERNEL_KEYS)
     logits, targets = jnp.ones((16, 128)), jnp.zeros((16,), jnp.int32)
     with jax.set_mesh(mesh):
         assert "shard_map" in str(jax.make_jaxpr(

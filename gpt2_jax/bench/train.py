@@ -10,11 +10,10 @@ from pathlib import Path
 
 import jax
 
-from gpt2_jax.config import model_config
+from gpt2_jax.config import RunPlan, model_config
 from gpt2_jax.errors import ConfigError, UserError
 from gpt2_jax.model import count_params, flops_per_token
 from gpt2_jax.parallel import sharding
-from gpt2_jax.parallel.sharding import BatchLayout
 from gpt2_jax.tokenizer import VOCAB_SIZE
 from gpt2_jax.training import metrics
 from gpt2_jax.training.loop import train
@@ -24,9 +23,10 @@ from gpt2_jax.training.step import build_training
 def measure_step(c, steps: int, warmup: int, profile_dir: str | None = None) -> dict:
     """Compile and time the train step of config `c` on all devices, on device-made tokens."""
     mesh = sharding.make_mesh(c.mesh)
-    layout = BatchLayout.from_config(c, mesh)
+    plan = RunPlan.resolve(c, mesh)
+    layout = plan.batch
     with jax.set_mesh(mesh):
-        training = build_training(c, mesh)
+        training = build_training(c, mesh, plan=plan)
         model = training.model
         state = training.init_state(c.train.seed)
         shape = (layout.accum_steps, layout.global_micro_batch, c.train.seq_len + 1)

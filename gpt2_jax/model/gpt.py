@@ -18,8 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt2_jax.errors import ConfigError
 from gpt2_jax.model.loss import cross_entropy, lm_head_logits
-from gpt2_jax.ops import norm_kernel
+from gpt2_jax.ops import kernels, norm_kernel
 from gpt2_jax.ops.gelu_kernel import bias_gelu
 from gpt2_jax.ops.fp8 import matmul as fp8_matmul
 
@@ -29,34 +30,82 @@ REMAT_CHOICES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_savea
                  "checkpoint_dots", "checkpoint_dots_with_no_batch_dims", "nothing_saveable")
 
 
+def _one_of(default: str, *choices: str) -> Any:
+    """A field that takes one of `choices`. Where "auto" is one, a run config starts from it and
+    config.model_config resolves it for the backend and mesh; a GPTConfig built directly starts
+    from `default`, a value the model runs as is."""
+    return dataclasses.field(default=default, metadata={"choices": choices})
+
+
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
+    """The model's static config, and the schema of a run config's `model` section: every field
+    but real_vocab_size is the key model.<field> (config.base_config is built from these)."""
+
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64 for fast matmuls
-    real_vocab_size: int = 50257  # ids the tokenizer makes; the padding rows never win or score
-    block_size: int = 1024
-    dtype: str = "float32"  # compute dtype; parameters are always float32
-    attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
-    remat: str = "none"  # one of REMAT_CHOICES
-    logits_dtype: str = "float32"  # dtype the loss's logits are stored in; softmax is always fp32
-    loss_kernel: str = "xla"  # the loss after the LM head: "xla" or "pallas" (per device, tensor=1)
-    gelu_kernel: str = "xla"  # the MLP's bias + GELU: "xla" fusions or "pallas" (per device)
-    norm_kernel: str = "xla"  # residual add + LayerNorm: "xla" fusions or "pallas" (per device)
-    scan_unroll: int = 1  # layers per iteration of the layer loop (n_layer = fully unrolled)
-    # The modern recipe's switches (modded-nanogpt); the defaults are exact GPT-2.
-    pos_emb: str = "learned"  # learned (wpe) | rope (rotary q and k, no wpe)
-    norm: str = "layernorm"  # layernorm | rmsnorm
+    # Ids the tokenizer makes (not a config key): the padding rows never win or score.
+    real_vocab_size: int = dataclasses.field(default=50257, metadata={"config": False})
+    block_size: int = 1024  # longest sequence (learned position embeddings)
+    # Compute dtype (parameters are always float32); auto: bfloat16 on GPU/TPU, float32 on CPU.
+    dtype: str = _one_of("float32", "auto", "bfloat16", "float32")
+    # jax.nn.dot_product_attention's implementation; auto: cudnn on GPU with bfloat16, else xla.
+    attention: str = _one_of("xla", "auto", "cudnn", "xla")
+    remat: str = _one_of("none", *REMAT_CHOICES)  # activation recomputation (REMAT_CHOICES)
+    # Storage of the loss's logits; the softmax is always fp32.
+    logits_dtype: str = _one_of("float32", "float32", "bfloat16")
+    # Pallas kernels (ops/kernels.py says which model each computes for, and where auto takes it):
+    # the loss after the LM head, llm.c's fused classifier (ops/loss_kernel.py; no softcap, and
+    # each device needs whole rows of logits, so no tensor parallelism);
+    loss_kernel: str = _one_of("xla", *kernels.CHOICES)
+    # the MLP's bias add and GELU, forward and backward (ops/gelu_kernel.py);
+    gelu_kernel: str = _one_of("xla", *kernels.CHOICES)
+    # the residual and bias adds and the LayerNorm after them (ops/norm_kernel.py).
+    norm_kernel: str = _one_of("xla", *kernels.CHOICES)
+    scan_unroll: int = 1  # layers per iteration of the compiled layer loop (n_layer = unrolled)
+    fp8: bool = False  # the blocks' four projections as FP8 matmuls (ops/fp8.py); Hopper+ GPUs
+    # The modern recipe's switches (configs/modern_124m.py); the defaults are exact GPT-2.
+    pos_emb: str = _one_of("learned", "learned", "rope")  # rope: rotary q and k, no wpe
+    norm: str = _one_of("layernorm", "layernorm", "rmsnorm")
     qk_norm: bool = False  # RMS-normalize q and k per head before attention
-    mlp_act: str = "gelu_tanh"  # gelu_tanh | relu2 (squared ReLU)
+    mlp_act: str = _one_of("gelu_tanh", "gelu_tanh", "relu2")  # relu2: squared ReLU
     tie_embeddings: bool = True  # False: a separate, zero-initialized lm_head
-    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c)
-    fp8: bool = False  # the blocks' four projections as FP8 matmuls (ops/fp8.py); params stay fp32
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c) (0 = off)
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    def check(self) -> None:
+        """Reject a model that cannot run, naming its model.<key>s. "auto" choices pass: a run
+        config's model section is checked this way before they are resolved."""
+        def require(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        require(self.n_layer > 0 and self.n_head > 0 and self.n_embd > 0,
+                "model.n_layer, model.n_head and model.n_embd must be positive")
+        require(self.n_embd % self.n_head == 0,
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        require(self.vocab_size >= self.real_vocab_size,
+                f"model.vocab_size ({self.vocab_size}) must be at least GPT-2's "
+                f"{self.real_vocab_size}")
+        for field in dataclasses.fields(self):
+            choices, value = field.metadata.get("choices", ()), getattr(self, field.name)
+            if choices and value not in choices:
+                raise ConfigError(f"model.{field.name} must be {', '.join(choices[:-1])} or "
+                                  f"{choices[-1]}, not {value!r}")
+        require(1 <= self.scan_unroll <= self.n_layer,
+                f"model.scan_unroll ({self.scan_unroll}) must be in 1..model.n_layer "
+                f"({self.n_layer})")
+        require(self.pos_emb != "rope" or self.head_dim % 2 == 0,
+                f"model.pos_emb=rope needs an even head size, not {self.head_dim} "
+                "(model.n_embd / model.n_head)")
+        require(self.logit_softcap >= 0,
+                f"model.logit_softcap ({self.logit_softcap}) must be >= 0 (0 = off)")
+        kernels.check(self)
 
 
 def _normal(std: float, axes: tuple):
@@ -85,7 +134,7 @@ class ResidualNorm(nn.Module):
                            jnp.float32)
         bias = None if cfg.norm == "rmsnorm" else self.param(
             "bias", _const(nn.initializers.zeros, ("embed",)), (width,), jnp.float32)
-        if cfg.norm_kernel == "pallas" and bias is not None:
+        if kernels.runs_pallas(cfg, "norm_kernel"):
             return norm_kernel.add_layer_norm(x_BxTxD, branch_BxTxD, branch_bias_D, scale, bias)
         x_BxTxD = x_BxTxD + (branch_BxTxD + branch_bias_D.astype(branch_BxTxD.dtype))
         return x_BxTxD, normalize(x_BxTxD, scale, bias, cfg.dtype)
@@ -201,7 +250,7 @@ class MLP(nn.Module):
     def __call__(self, x_BxTxD: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The output projection's product and its bias, (y, bias), for ResidualNorm to add."""
         cfg = self.config
-        fused_gelu = cfg.gelu_kernel == "pallas" and cfg.mlp_act == "gelu_tanh"
+        fused_gelu = kernels.runs_pallas(cfg, "gelu_kernel")
         h_BxTxF = Projection((4 * cfg.n_embd,), ("embed", "mlp"), 0.02, cfg.dtype, fp8=cfg.fp8,
                              gelu=fused_gelu, name="c_fc")(x_BxTxD)
         h_BxTxF = nn.with_logical_constraint(h_BxTxF, ("batch", "length", "mlp"))
@@ -336,8 +385,8 @@ class GPT(nn.Module):
     def loss(self, tokens_BxT: jax.Array, targets_BxT: jax.Array,
              chunk_size: int = 0) -> jax.Array:
         """Mean cross-entropy of predicting `targets_BxT`; see `cross_entropy`."""
-        h_BxTxD = self.hidden_states(tokens_BxT)
-        return cross_entropy(h_BxTxD.reshape(-1, self.config.n_embd), self.head_table(),
-                             targets_BxT.reshape(-1), self.config.real_vocab_size, chunk_size,
-                             self.config.logits_dtype, self.config.logit_softcap,
-                             self.config.loss_kernel)
+        cfg, h_BxTxD = self.config, self.hidden_states(tokens_BxT)
+        kernel = "pallas" if kernels.runs_pallas(cfg, "loss_kernel") else "xla"
+        return cross_entropy(h_BxTxD.reshape(-1, cfg.n_embd), self.head_table(),
+                             targets_BxT.reshape(-1), cfg.real_vocab_size, chunk_size,
+                             cfg.logits_dtype, cfg.logit_softcap, kernel)

@@ -1,6 +1,6 @@
 """Which kernel runs where, in one place: each Pallas kernel's config key, the models it computes
 the right thing for, whether it can run on each device's shard of a mesh, and how `auto`
-resolves. Config validation, config resolution and the model all ask this module."""
+resolves. GPTConfig.check, config.model_config and the model all ask this module."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Callable
 from gpt2_jax.errors import ConfigError
 from gpt2_jax.ops.norm_kernel import MAX_WIDTH as NORM_KERNEL_WIDTH
 
-CHOICES = ("auto", "pallas", "xla")
+CHOICES = ("auto", "pallas", "xla")  # of each model.<key>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,13 +45,11 @@ KERNEL_KEYS = tuple(k.key for k in KERNELS)
 
 
 def check(m) -> None:
-    """Reject an unknown choice, or an explicit `pallas` for a model the kernel cannot compute."""
+    """Reject an explicit `pallas` for a model the kernel cannot compute (GPTConfig.check has
+    already checked that each choice is one of CHOICES)."""
     for kernel in KERNELS:
-        choice = getattr(m, kernel.key)
-        if choice not in CHOICES:
-            raise ConfigError(f"model.{kernel.key} must be auto, pallas or xla, not {choice!r}")
         reason = kernel.unsupported(m)
-        if choice == "pallas" and reason:
+        if getattr(m, kernel.key) == "pallas" and reason:
             raise ConfigError(f"model.{kernel.key}=pallas {reason}")
 
 

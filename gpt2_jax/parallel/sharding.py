@@ -92,23 +92,28 @@ def batch_parallelism(mesh: Mesh) -> int:
 class BatchLayout:
     """How `train.total_batch_size` tokens per step split over devices and micro-steps."""
 
+    micro_batch: int  # sequences per data-parallel device per micro-step (train.micro_batch_size)
     accum_steps: int  # micro-steps accumulated per optimizer step
     global_micro_batch: int  # sequences per micro-step, all devices
     local_micro_batch: int  # sequences per micro-step fed by this process
 
     @classmethod
     def from_config(cls, c, mesh: Mesh) -> "BatchLayout":
-        t = c.train
-        global_micro = t.micro_batch_size * batch_parallelism(mesh)
+        return cls.split(c.train, batch_parallelism(mesh), jax.process_count())
+
+    @classmethod
+    def split(cls, t, batch_ways: int, processes: int = 1) -> "BatchLayout":
+        """The layout of config section `t` (train) over `batch_ways` data-parallel devices in
+        `processes` processes; a step that is not whole micro-steps is a ConfigError."""
+        global_micro = t.micro_batch_size * batch_ways
         micro_tokens = global_micro * t.seq_len
-        if t.total_batch_size % micro_tokens:
+        if t.total_batch_size <= 0 or t.total_batch_size % micro_tokens:
             raise ConfigError(
                 f"train.total_batch_size ({t.total_batch_size}) must be a multiple of "
                 f"train.micro_batch_size x data-parallel devices x train.seq_len = "
-                f"{t.micro_batch_size} x {batch_parallelism(mesh)} x {t.seq_len} = "
-                f"{micro_tokens}")
-        return cls(accum_steps=t.total_batch_size // micro_tokens, global_micro_batch=global_micro,
-                   local_micro_batch=global_micro // jax.process_count())
+                f"{t.micro_batch_size} x {batch_ways} x {t.seq_len} = {micro_tokens}")
+        return cls(micro_batch=t.micro_batch_size, accum_steps=t.total_batch_size // micro_tokens,
+                   global_micro_batch=global_micro, local_micro_batch=global_micro // processes)
 
 
 def logical_sharding(logical_specs, mesh: Mesh, rules: tuple = LOGICAL_AXIS_RULES):

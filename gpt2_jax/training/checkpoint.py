@@ -32,9 +32,10 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from gpt2_jax.parallel import sharding
-from gpt2_jax.config import PALLAS_KERNEL_KEYS, model_config
+from gpt2_jax.config import model_config
 from gpt2_jax.errors import CheckpointError, DiskFullError
 from gpt2_jax.model import GPT, abstract_params, param_logical_specs
+from gpt2_jax.ops import kernels
 
 
 def _not_read_only_chatter(record: logging.LogRecord) -> bool:
@@ -352,7 +353,7 @@ def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
                 config = ml_collections.ConfigDict(checkpoints.saved_config(candidate))
                 # The Pallas kernels are the run's speed choice, not part of its weights: chosen
                 # again for this mesh (and absent from checkpoints older than their keys).
-                for key in PALLAS_KERNEL_KEYS:
+                for key in kernels.KERNEL_KEYS:
                     config.model[key] = "auto"
                 model = GPT(model_config(config, devices=mesh.size,
                                          tensor=mesh.shape["tensor"]))

@@ -21,14 +21,13 @@ from gpt2_jax.parallel import sharding
 from gpt2_jax.training import metrics, run_history
 from gpt2_jax.training.checkpoint import (MODEL_SHAPE_KEYS, BrokenCheckpoint, Checkpointer,
                                  check_same_model, describe_failure, restore_params)
-from gpt2_jax.config import check_tensor_parallelism
+from gpt2_jax.config import RunPlan
 from gpt2_jax.data.sources import make_data
 from gpt2_jax.errors import CheckpointError, ConfigError, EvalDataError, TrainingDiverged
 from gpt2_jax.training.health import health_line, make_health_fn
 from gpt2_jax.inference import complete
 from gpt2_jax.evaluation import core
 from gpt2_jax.model import count_params, flops_per_token
-from gpt2_jax.parallel.sharding import BatchLayout
 from gpt2_jax.training.step import build_training, make_evaluator
 from gpt2_jax.training.workdir import (WorkdirLock, open_workdir, set_aside_history,
                               set_aside_previous_run)
@@ -278,8 +277,8 @@ def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> T
     t = c.train
 
     mesh = sharding.make_mesh(c.mesh)
-    check_tensor_parallelism(c, mesh.shape["tensor"])  # mesh.tensor=-1 is known only now
-    layout = BatchLayout.from_config(c, mesh)
+    plan = RunPlan.resolve(c, mesh)
+    layout = plan.batch
     train_batches, val_batches = make_data(c, workdir, layout, say)
     hellaswag_set = hellaswag_examples(c)
     core_set = core_tasks(c)
@@ -305,7 +304,7 @@ def _train(c: ml_collections.ConfigDict, workdir: Path, say, is_main: bool) -> T
         return TrainResult(start_step=start_step, last_step=start_step)
 
     with jax.set_mesh(mesh):
-        training = build_training(c, mesh)
+        training = build_training(c, mesh, plan=plan)
         model, train_step = training.model, training.train_step
         abstract_state = training.abstract_state()
         events = []

@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gpt2_jax.parallel import sharding
 from gpt2_jax.training import stability
-from gpt2_jax.config import model_config
+from gpt2_jax.config import RunPlan
 from gpt2_jax.model import GPT, abstract_params, init_params, next_token_loss, param_logical_specs
 from gpt2_jax.training.optim import lr_schedule, make_optimizer
 
@@ -29,13 +29,14 @@ class TrainState:
 
 
 def state_shardings(model: GPT, tx: optax.GradientTransformation, mesh: Mesh,
-                    guard_window: int, zero1: bool = False) -> TrainState:
+                    guard_window: int, zero1: bool = False,
+                    zero1_by_layers: bool = False) -> TrainState:
     """Shardings of every leaf of the train state: moments follow their params' logical axes
-    (through the ZeRO-1 rules when `zero1`), scalars are replicated."""
+    (through the ZeRO-1 rules when `zero1`, see RunPlan), scalars are replicated."""
     specs = param_logical_specs(model)
     params = sharding.logical_sharding(specs, mesh)
     moments = sharding.logical_sharding(
-        specs, mesh, sharding.optimizer_rules(zero1, zero1_splits_layers(model, mesh)))
+        specs, mesh, sharding.optimizer_rules(zero1, zero1_by_layers))
     replicated = NamedSharding(mesh, P())
     # Partitioned optimizers (Muon's groups) hold MaskedNode placeholders where a group has no
     # state for a param: those stay as they are.
@@ -86,11 +87,6 @@ def unstack_layers(tree: Any, stacked: Any) -> Any:
 def stack_layers(tree: Any, stacked: Any) -> Any:
     """The inverse of unstack_layers."""
     return jax.tree.map(lambda s, x: jnp.stack(x) if s else x, stacked, tree)
-
-
-def zero1_splits_layers(model: GPT, mesh: Mesh) -> bool:
-    """Whether ZeRO-1 splits the stacked blocks by whole layers: the data axis divides n_layer."""
-    return model.config.n_layer % mesh.shape["data"] == 0
 
 
 def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -225,15 +221,16 @@ class Training:
         return abstract_train_state(self.model, self.tx, self.shardings, self.guard_window)
 
 
-def build_training(c, mesh: Mesh, tx: optax.GradientTransformation | None = None) -> Training:
-    """Everything the train step of config `c` needs on `mesh` (`tx` replaces the configured
-    optimizer, for tests)."""
-    model = GPT(model_config(c, devices=mesh.size, tensor=mesh.shape["tensor"]))
+def build_training(c, mesh: Mesh, tx: optax.GradientTransformation | None = None,
+                   plan: RunPlan | None = None) -> Training:
+    """Everything the train step of config `c` needs on `mesh`, as `plan` (default: resolved
+    here) says (`tx` replaces the configured optimizer, for tests)."""
+    plan = plan or RunPlan.resolve(c, mesh)
+    model = GPT(plan.model)
     tx = tx or make_optimizer(c.optim, c.train.max_steps)
     window = c.stability.window
-    shardings = state_shardings(model, tx, mesh, window, zero1=c.mesh.zero1)
+    shardings = state_shardings(model, tx, mesh, window, plan.zero1, plan.zero1_by_layers)
     step = make_train_step(model, tx, lr_schedule(c.optim, c.train.max_steps),
                            c.train.loss_chunk_size, shardings.params, c.stability.loss_zscore,
-                           c.stability.grad_zscore,
-                           scatter_layers=c.mesh.zero1 and zero1_splits_layers(model, mesh))
+                           c.stability.grad_zscore, scatter_layers=plan.zero1_by_layers)
     return Training(model, tx, shardings, jit_train_step(step, shardings, mesh), window)
