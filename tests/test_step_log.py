@@ -1,9 +1,14 @@
-"""The trainer's step lines: each is the mean over the steps since the previous line or pause."""
+"""The trainer's step lines (each the mean over the steps since the previous line or pause), and
+the loop, not the log, stopping a run whose steps keep failing."""
 
 import json
 
+import pytest
+
+from gpt2_jax.errors import TrainingDiverged
+from gpt2_jax.training.loop import stop_if_diverged
 from gpt2_jax.training.metrics import MetricsLog
-from gpt2_jax.training.loop import StepLog
+from gpt2_jax.training.step_log import StepLog
 
 METRICS = {"loss": 1.0, "grad_norm": 1.0, "lr": 1e-3, "skipped": 0, "bad_streak": 0,
            "loss_zscore": 0.0, "grad_zscore": 0.0}
@@ -29,8 +34,7 @@ class FakeClock:
 def test_a_line_after_a_pause_counts_only_the_steps_since_the_pause(tmp_path):
     clock, lines = FakeClock(), []
     steps = StepLog(MetricsLog(tmp_path, tensorboard=False), lines.append, max_steps=6,
-                    tokens_per_step=1000, flops_per_step=1.0, start_time=0.0, max_bad_steps=5,
-                    clock=clock)
+                    tokens_per_step=1000, flops_per_step=1.0, start_time=0.0, clock=clock)
     clock.time = 10.0  # step 1: compilation
     steps.dispatched(1, METRICS, log_now=True)
     steps.flush()
@@ -52,3 +56,22 @@ def test_a_line_after_a_pause_counts_only_the_steps_since_the_pause(tmp_path):
     assert rows[5]["tokens_per_sec"] == 1000 / 2.0  # steps 4-5, not 2-5 in the pause-less time
     assert rows[6]["tokens_per_sec"] == 1000 / 3.0
     assert "2000.0 ms" in lines[1] and "3000.0 ms" in lines[2]
+
+
+def test_the_log_reports_a_bad_streak_and_the_loop_stops_on_it(tmp_path):
+    clock, lines = FakeClock(), []
+    steps = StepLog(MetricsLog(tmp_path, tensorboard=False), lines.append, max_steps=6,
+                    tokens_per_step=1000, flops_per_step=1.0, start_time=0.0, clock=clock)
+    nan = {**METRICS, "loss": float("nan"), "skipped": 3, "bad_streak": 3}
+    assert steps.dispatched(1, METRICS, log_now=True, read_now=True)[0]["step"] == 1
+    clock.time = 1.0
+    steps.dispatched(2, nan, log_now=True)
+    read = steps.dispatched(3, METRICS, log_now=False)  # reads step 2 back, and does not raise
+    assert [(r["step"], r["bad_streak"]) for r in read] == [(2, 3)]
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["loss"] is None
+
+    stop_if_diverged(read, max_bad_steps=4)
+    with pytest.raises(TrainingDiverged, match=r"^stopping at step 2: 3 consecutive steps with "
+                                               r"non-finite loss or gradients"):
+        stop_if_diverged(read, max_bad_steps=3)
+    assert steps.flush() == []  # nothing pending

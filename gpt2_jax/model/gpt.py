@@ -10,7 +10,6 @@ K head size, F MLP width, V vocabulary, N tokens, C tokens in a loss chunk.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 

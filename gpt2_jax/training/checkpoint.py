@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import inspect
 import logging
 import os
@@ -24,7 +25,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import jax
 import ml_collections
@@ -118,6 +119,10 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def steps(self) -> list[int]:
+        """The steps of the complete checkpoints, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
 
     def set_aside(self, step: int) -> Path:
         """Move a broken checkpoint out of the way, never deleting it; returns where it went."""
@@ -321,6 +326,35 @@ def check_same_model(saved: dict, config: ml_collections.ConfigDict, where: str,
                           + "; ".join(diffs) + "); use its settings or another workdir")
 
 
+T = TypeVar("T")
+
+
+def newest_that_restores(checkpoints: Checkpointer, restore: Callable[[int], T],
+                         on_broken: Callable[[int, str], None], step: int | None = None,
+                         advice: str = "") -> tuple[int, T]:
+    """(step, `restore(step)`) of the newest checkpoint that restores: resuming, evaluating,
+    sampling, exporting and fine-tuning all start from it. Each broken one on the way (its
+    `restore` raised BrokenCheckpoint) goes to `on_broken(step, reason)`, which says so (and may
+    set it aside, never delete it), and the next newest is tried; any other error (another
+    model's checkpoint) stops the search. With `step`, only that checkpoint is tried, and a
+    broken one is an error naming it. When none restores, one error, ending in `advice`."""
+    available = checkpoints.steps()
+    if step is not None and step not in available:
+        raise CheckpointError(f"{checkpoints.directory}: no checkpoint for step {step} "
+                              f"(available: {available})")
+    for candidate in available if step is None else [step]:
+        try:
+            return candidate, restore(candidate)
+        except BrokenCheckpoint as e:
+            if step is not None:
+                raise CheckpointError(f"checkpoint step {step} does not restore: {e}") from None
+            on_broken(candidate, str(e))
+    steps = ", ".join(map(str, available))
+    found = f" restores (steps {steps}: the reasons above)" if available else ""
+    raise CheckpointError(f"no checkpoint in {checkpoints.directory}{found}"
+                          + (f"; {advice}" if advice else ""))
+
+
 @dataclasses.dataclass
 class Trained:
     """A run's weights restored for evaluation, sampling or export."""
@@ -340,31 +374,32 @@ def load_trained(workdir: str | Path, step: int | None = None) -> Trained:
     directory = Path(workdir) / "checkpoints"
     if not directory.is_dir():
         raise CheckpointError(f"{workdir}: no checkpoints/ directory (not a training run?)")
-    checkpoints = Checkpointer(directory, read_only=True)
-    available = sorted(checkpoints.manager.all_steps(), reverse=True)
-    if step is not None and step not in available:
-        checkpoints.close()
-        raise CheckpointError(f"{directory}: no checkpoint for step {step} "
-                              f"(available: {available})")
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    checkpoints = Checkpointer(directory, read_only=True)
     try:
-        for candidate in available if step is None else [step]:
-            try:
-                config = ml_collections.ConfigDict(checkpoints.saved_config(candidate))
-                # The Pallas kernels are the run's speed choice, not part of its weights: chosen
-                # again for this mesh (and absent from checkpoints older than their keys).
-                for key in kernels.KERNEL_KEYS:
-                    config.model[key] = "auto"
-                model = GPT(model_config(config, devices=mesh.size,
-                                         tensor=mesh.shape["tensor"]))
-                shardings = sharding.logical_sharding(param_logical_specs(model), mesh)
-                params = restore_params(directory, candidate, abstract_params(model, shardings))
-                return Trained(model, params, config, candidate, mesh)
-            except BrokenCheckpoint as e:
-                if step is not None:
-                    raise CheckpointError(f"checkpoint step {step} does not restore: {e}") from None
-                print(f"checkpoint step {candidate} is broken ({e}); trying the next newest",
-                      file=sys.stderr)
+        return newest_that_restores(checkpoints, functools.partial(_restore_trained, checkpoints,
+                                                                   mesh), warn_broken, step)[1]
     finally:
         checkpoints.close()
-    raise CheckpointError(f"{directory}: no checkpoint restores (available: {available})")
+
+
+def _restore_trained(checkpoints: Checkpointer, mesh: Mesh, step: int) -> Trained:
+    config = ml_collections.ConfigDict(checkpoints.saved_config(step))
+    # The Pallas kernels are the run's speed choice, not part of its weights: chosen again for
+    # this mesh (and absent from checkpoints older than their keys).
+    for key in kernels.KERNEL_KEYS:
+        config.model[key] = "auto"
+    model = GPT(model_config(config, devices=mesh.size, tensor=mesh.shape["tensor"]))
+    shardings = sharding.logical_sharding(param_logical_specs(model), mesh)
+    params = restore_params(checkpoints.directory, step, abstract_params(model, shardings))
+    return Trained(model, params, config, step, mesh)
+
+
+def warn_broken(step: int, reason: str, say: Callable[[str], None] | None = None) -> None:
+    """What a reader of a run (evaluation, sampling, export, fine-tuning) does with a broken
+    checkpoint: says so (on stderr unless told) and leaves the run as it is."""
+    line = f"checkpoint step {step} is broken ({reason}); trying the next newest"
+    if say is None:
+        print(line, file=sys.stderr)
+    else:
+        say(line)

@@ -5,10 +5,10 @@ jitted step, so guarding costs no host round trip.
 Z-scores compare a step's value with the last `window` finite values. As in llm.c, a skipped
 outlier still enters the window: the window follows the run, so when the loss or gradient norm
 moves to a new level and stays there (the gradient norm often rises as the lr decays), the guard
-skips a few steps and then accepts the new level. (Keeping skipped values out made the window
-stale: a 124M run on real text skipped every update from step 459 on.) Non-finite values never
-enter it. Like llm.c, the guard starts judging once the window is full. A skipped step still advances the step count (and so the lr
-schedule), but leaves params and optimizer state exactly as they were.
+skips a few steps and then accepts the new level; a window that kept skipped values out would go
+stale and skip every update from then on. Non-finite values never enter it. Like llm.c, the
+guard starts judging once the window is full. A skipped step still advances the step count (and
+so the lr schedule), but leaves params and optimizer state exactly as they were.
 """
 
 from __future__ import annotations

@@ -97,21 +97,20 @@ def make_train_step(model: GPT, tx: optax.GradientTransformation, schedule: opta
     The outlier guard (stability.py) decides in the same jit whether the update is applied.
     The accumulated gradients are held in the params' layout (`grad_shardings`) inside and at
     both ends of the micro-step loop, so ZeRO-1's split moments reach neither the backward pass
-    (each device scattered the whole batch's embedding rows into half of the table) nor the
-    loop's carry (every micro-step gathered the whole accumulator again). The blocks' stacked
-    gradients are accumulated layer by layer and stacked once, after the loop: summed into
-    stacked accumulators, every micro-step also concatenated the layers' gradients in a slow
-    pass of its own (1558M: ~7 ms per micro-step on an H200; +0.5% tok/s on an H100 without it).
+    (each device would scatter the whole batch's embedding rows into its part of the table) nor
+    the loop's carry (every micro-step would gather the whole accumulator again). The blocks'
+    stacked gradients are accumulated layer by layer and stacked once, after the loop: summed
+    into stacked accumulators, every micro-step would also concatenate the layers' gradients in
+    a pass of its own.
 
     On a mesh split along `data` only (data parallelism, ZeRO-1) the micro-step loop runs per
     device, in a shard_map manual over the whole mesh: each device sums its own rows' gradients,
     and the sums are reduced once per step, in the compute dtype, as llm.c does, instead of an
-    all-reduce in every micro-step (1558M, FP8, ZeRO-1 on two H100s: +6.0% tok/s). With
-    `scatter_layers` (ZeRO-1 moments split by whole layers) the blocks' sums are
-    reduce-scattered: each device gets the layers it updates. Meshes that also split along fsdp
-    or tensor keep the partitioner's per-micro-step collectives: manual over `data` alone, XLA's
-    SPMD partitioner (jax 0.10.2) aborted with a tensor axis, and cuDNN attention's custom
-    partitioning failed on GPU (jax 0.11.2).
+    all-reduce in every micro-step. With `scatter_layers` (ZeRO-1 moments split by whole layers)
+    the blocks' sums are reduce-scattered: each device gets the layers it updates. Meshes that
+    also split along fsdp or tensor keep the partitioner's per-micro-step collectives: manual
+    over `data` alone, XLA's SPMD partitioner (jax 0.10.2) aborted with a tensor axis, and cuDNN
+    attention's custom partitioning failed on GPU (jax 0.11.2).
     """
     stacked = stacked_leaves(model)
     per_layer_specs = jax.tree.map(
