@@ -172,7 +172,8 @@ def test_init_from_takes_the_weights_of_another_run(tmp_path):
 
 
 def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path):
-    c = load_config(None, [*TINY, "--config.mesh.data=1", "--config.mesh.fsdp=8"])
+    c = load_config(None, [*TINY, "--config.mesh.data=1", "--config.mesh.fsdp=8",
+                           "--config.train.micro_batch_size=1", "--config.train.total_batch_size=128"])
     model, tx = GPT(model_config(c)), make_optimizer(c.optim, 10)
     mesh8 = sharding.make_mesh(c.mesh)
     with jax.set_mesh(mesh8):

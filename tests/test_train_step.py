@@ -44,7 +44,8 @@ def test_data_parallel_step_matches_single_device(tiny_config):
                for s in range(3)]
     tx = make_optimizer(c.optim, 3)
     _, single, h1 = run_steps(c, one_device_mesh(c), tx, batches)
-    c8 = tiny_config("--config.mesh.data=8")
+    c8 = tiny_config("--config.mesh.data=8", "--config.train.micro_batch_size=1",
+                     "--config.train.total_batch_size=128")
     _, parallel, h8 = run_steps(c8, sharding.make_mesh(c8.mesh), tx, batches)
     for a, b in zip(h1, h8):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
