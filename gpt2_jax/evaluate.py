@@ -2,8 +2,9 @@
 
 Restores the checkpoint on whatever devices are present, then reports the validation loss on the
 run's val shards, HellaSwag accuracy (acc_norm, llm.c's scoring) and a few samples; with --core,
-the DCLM CORE metric over nanochat's eval bundle. The results are appended to the run's
-metrics.jsonl as an eval row, or written to --report as JSON.
+the DCLM CORE metric over nanochat's eval bundle; with --lm_eval, tasks of EleutherAI's
+lm-evaluation-harness. The results are appended to the run's metrics.jsonl as an eval row, or
+written to --report as JSON.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from gpt2_jax import tokenizer
 from gpt2_jax.evaluation import hellaswag
 from gpt2_jax.training.checkpoint import Trained, load_trained
 from gpt2_jax.data.sources import data_files, validation_batches
-from gpt2_jax.errors import EvalDataError, UserError, exits_on_user_error
+from gpt2_jax.errors import EvalDataError, UserError, exits_on_user_error, require_extra
 from gpt2_jax.inference import complete
 from gpt2_jax.training.metrics import MetricsLog
 from gpt2_jax.parallel.sharding import BatchLayout
@@ -59,10 +60,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="unpacked eval bundle directory (default: cached copy, else download)")
     parser.add_argument("--max_per_task", type=int, default=0,
                         help="CORE: score at most N items per task (default: all)")
+    parser.add_argument("--lm_eval", default=None, metavar="TASKS",
+                        help="comma-separated tasks (or groups) of EleutherAI's lm-evaluation-"
+                             "harness, e.g. hellaswag,arc_easy,wikitext (needs the lmeval extra)")
+    parser.add_argument("--lm_eval_include", default=None, metavar="DIR",
+                        help="lm-eval: also the task YAMLs under DIR (its --include_path)")
+    parser.add_argument("--limit", type=float, default=None,
+                        help="lm-eval: at most N documents per task (below 1: that fraction)")
     parser.add_argument("--samples", type=int, default=2, help="samples to print (0 = none)")
     parser.add_argument("--report", default=None,
                         help="write the results as JSON here instead of appending to metrics.jsonl")
     args = parser.parse_args(argv)
+    if args.lm_eval:
+        require_extra("lm_eval", "lmeval", "--lm_eval")
 
     workdir = Path(args.workdir)
     trained = load_trained(workdir, args.step)
@@ -101,6 +111,18 @@ def main(argv: list[str] | None = None) -> None:
         with jax.set_mesh(trained.mesh):
             results.update(core.evaluate(trained.model, trained.params, prepared, trained.mesh))
         print(core.table(results, tasks))
+
+    if args.lm_eval:
+        from gpt2_jax.evaluation import lm_eval_adapter  # the extra: imported only when asked
+        from lm_eval.utils import make_table
+
+        limit = int(args.limit) if args.limit and args.limit >= 1 else args.limit
+        names = [name.strip() for name in args.lm_eval.split(",")]
+        output = lm_eval_adapter.evaluate(trained, names, args.lm_eval_include, limit)
+        results["lm_eval"] = output["results"]
+        print(make_table(output))
+        if output.get("groups"):
+            print(make_table(output, "groups"))
 
     if args.samples:
         samples = complete(trained.model.config, trained.params, [tokenizer.EOT_TOKEN],
