@@ -20,6 +20,7 @@ What the commands guarantee (tests/test_reliability.py holds each):
 from __future__ import annotations
 
 import functools
+import importlib.util
 import sys
 from typing import Callable
 
@@ -78,6 +79,14 @@ def exits_on_user_error(main: Callable) -> Callable:
             sys.exit(f"error: {e}")
 
     return command
+
+
+def require_extra(module: str, extra: str, needed_by: str) -> None:
+    """A UserError naming the extra to install when `module` (an optional dependency) is absent,
+    raised before any work, e.g. `--lm_eval needs the lm-eval extra: pip install -e ".[lmeval]"`."""
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f'{needed_by} needs the {module.replace("_", "-")} extra: '
+                        f'pip install -e ".[{extra}]"')
 
 
 class RequestError(UserError, ValueError):

