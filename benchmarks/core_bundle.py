@@ -7,17 +7,17 @@ Shakespeare, so the scores mean nothing; the forward passes are the real workloa
 
     python benchmarks/core_bundle.py --out /tmp/core_bundle                 # generate only
     python benchmarks/core_bundle.py --out /tmp/core_bundle \\
-        --time configs/gpt2_124m.py configs/gpt2_1558m.py [--record benchmarks/results.jsonl]
+        --time configs/gpt2_124m.py [--passes 1] [--record benchmarks/results.jsonl]
 
 Timing uses randomly initialized weights of each config's model, rows split over all devices.
-Each config is scored twice: the first pass includes compilation, the second is the steady state.
+Each config is scored `--passes` times (default 2): the first pass includes compilation, the
+last is reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import random
 import sys
@@ -28,6 +28,7 @@ import jax
 import yaml
 
 from gpt2_jax import tokenizer
+from gpt2_jax.bench import results
 from gpt2_jax.parallel import sharding
 from gpt2_jax.config import load_config, model_config
 from gpt2_jax.evaluation import core
@@ -105,7 +106,7 @@ def random_model(config_path: str, mesh):
     return model, params
 
 
-def time_config(config_path: str, bundle: Path, batch_tokens: int) -> dict:
+def time_config(config_path: str, bundle: Path, batch_tokens: int, passes: int) -> dict:
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     with jax.set_mesh(mesh):
         model, params = random_model(config_path, mesh)
@@ -114,7 +115,7 @@ def time_config(config_path: str, bundle: Path, batch_tokens: int) -> dict:
         prepared = core.prepare(tasks, model.config.block_size)
         prepare_s = time.perf_counter() - started
         seconds = []
-        for _ in range(2):  # cold (compiles), then warm
+        for _ in range(passes):  # the first compiles; the others are the steady state
             started = time.perf_counter()
             result = core.evaluate(model, params, prepared, mesh, batch_tokens)
             seconds.append(time.perf_counter() - started)
@@ -123,8 +124,8 @@ def time_config(config_path: str, bundle: Path, batch_tokens: int) -> dict:
     device = jax.devices()[0]
     return {"gpu": f"{jax.device_count()}x {device.device_kind}", "items": items,
             "rows": len(prepared.rows), "tokens": tokens, "prepare_s": prepare_s,
-            "cold_s": seconds[0], "warm_s": seconds[1], "items_per_sec": items / seconds[1],
-            "tokens_per_sec": tokens / seconds[1], "core": result["core"]}
+            "seconds": seconds[-1], "cold_s": seconds[0], "items_per_sec": items / seconds[-1],
+            "tokens_per_sec": tokens / seconds[-1], "core": result["core"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,27 +137,32 @@ def main(argv: list[str] | None = None) -> None:
                         help="config files whose (random) models score the bundle")
     parser.add_argument("--batch_tokens", type=int, default=2**15,
                         help="tokens per device per forward")
+    parser.add_argument("--passes", type=int, default=2,
+                        help="passes over the bundle per config; the last one is reported (1: "
+                             "the first pass, compilation included, as a user's evaluate runs)")
     parser.add_argument("--record", help="append a mode 'eval' row per config to this JSONL file")
+    parser.add_argument("--run_id", default=results.default_run_id())
     args = parser.parse_args(argv)
     bundle = Path(args.out)
     if not (bundle / "core.yaml").exists():
         generate_bundle(bundle, args.items)
         print(f"wrote a {len(TASKS)}-task bundle of {args.items} items each to {bundle}")
     for config_path in args.time:
-        r = time_config(config_path, bundle, args.batch_tokens)
+        r = time_config(config_path, bundle, args.batch_tokens, args.passes)
         print(f"{Path(config_path).stem} | {r['gpu']} | {r['items']:,} items, {r['rows']:,} rows, "
               f"{r['tokens']:,} tokens | tokenize {r['prepare_s']:.1f} s | first pass "
-              f"{r['cold_s']:.1f} s (compiles) | warm {r['warm_s']:.1f} s = "
+              f"{r['cold_s']:.1f} s (compiles) | pass {args.passes}: {r['seconds']:.1f} s = "
               f"{r['items_per_sec']:,.0f} items/s, {r['tokens_per_sec']:,.0f} tok/s", flush=True)
         if args.record and jax.process_index() == 0:
-            row = {"date": str(datetime.date.today()), "gpu": r["gpu"], "jax": jax.__version__,
-                   "config": Path(config_path).stem, "overrides": [],
-                   "data": "generated CORE bundle", "mode": "eval",
-                   "command": " ".join(["python", *sys.argv]), "batch_tokens": args.batch_tokens,
-                   **{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()
-                      if k not in ("gpu", "core")}}
-            with open(args.record, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            row = {**results.common_fields(Path(config_path).stem, [], "eval", args.run_id,
+                                           " ".join(["python", *sys.argv])),
+                   "data": "generated CORE bundle",
+                   "note": f"{r['rows']:,} rows, {r['tokens']:,} tokens; batch_tokens "
+                           f"{args.batch_tokens}; pass {args.passes} of {args.passes} (the "
+                           f"first, compilation included: {r['cold_s']:.1f} s)",
+                   **{k: round(r[k], 2) for k in ("seconds", "items_per_sec", "tokens_per_sec")},
+                   "items": r["items"]}
+            results.record(row, args.record)
 
 
 if __name__ == "__main__":
