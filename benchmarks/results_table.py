@@ -177,6 +177,19 @@ def serve_table(rows: list[dict], gpu: str) -> list[str]:
     return lines
 
 
+def eval_table(rows: list[dict], gpu: str) -> list[str]:
+    """The newest evaluation timing of each config (mode eval)."""
+    newest = {r["config"]: r for r in rows if r["mode"] == "eval" and r["gpu"] == gpu}
+    if not newest:
+        return []
+    lines = header("config", "data", "items", "seconds", "items/s", "tok/s", "run", "command")
+    for r in newest.values():
+        lines.append(cells([r["config"], r["data"], number(r["items"]), number(r["seconds"], 1),
+                            number(r["items_per_sec"]), number(r["tokens_per_sec"]),
+                            f"{r['run_id']} ({r['date']})", f"`{r['command']}`"]))
+    return lines
+
+
 def quality_table(rows: list[dict], gpu: str) -> list[str]:
     """Training runs kept for their loss (mode quality; the first ones were recorded as train)."""
     runs = [r for r in rows if r["mode"] in ("quality", "train") and r["gpu"] == gpu
@@ -294,8 +307,8 @@ def render(rows: list[dict], curation: dict) -> str:
     for gpu in GPUS:
         ours = [r for r in current_ if r["gpu"] == gpu]
         decode, serve = decode_table(rows, gpu), serve_table(rows, gpu)
-        quality = quality_table(rows, gpu)
-        if not (ours or decode or serve or quality):
+        quality, evals = quality_table(rows, gpu), eval_table(rows, gpu)
+        if not (ours or decode or serve or quality or evals):
             continue
         out += ["", f"## {gpu}"]
         if ours:
@@ -307,6 +320,9 @@ def render(rows: list[dict], curation: dict) -> str:
         if serve:
             out += ["", "### Serving (the OpenAI-compatible server under concurrent clients)", "",
                     *serve]
+        if evals:
+            out += ["", "### Evaluation (the CORE scorer, `benchmarks/core_bundle.py`)", "",
+                    *evals]
     out += ["", LEVERS_INTRO.rstrip(), "", *levers_table(rows, curation["levers"])]
     out += ["", "## Row schema", "", *header("field", "meaning"),
             *(cells([f"`{name}`", meaning]) for name, meaning in FIELDS.items())]
