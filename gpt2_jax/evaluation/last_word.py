@@ -1,19 +1,15 @@
-"""Build CORE tasks from held-out text: a LAMBADA-style last word, and a next-sentence choice.
+"""Build a LAMBADA-style last-word task, in the CORE bundle's format, from held-out text.
 
     python -m gpt2_jax.evaluation.last_word --shards 'data/fineweb10B/*val*.bin' --out bundles/last_word
 
-Each item comes from a passage of whole sentences (at least `--context_words` words) of the text.
-`last_word` (a CORE language-modeling task, zero-shot): the continuation is the passage's last
-word, and the model is right only if greedy decoding reproduces it; as in LAMBADA, a passage is
-kept only if its last word already occurred in it, so broad context can predict it. A hard task:
-small models score near 0 for a long time. `next_sentence` (multiple choice, zero-shot, random
-baseline 25%): the passage without its last sentence, and four endings, its own and the last
-sentences of three other passages; a model that has learnt anything of the text's topics and
-syntax scores above chance early, so the metric moves during short runs. The output is a complete
-bundle (core.yaml, eval_meta_data.csv, eval_data/<label>.jsonl) for `evaluate --core
---eval_bundle DIR` or `train.core_every` with `train.core_bundle=DIR`. The text is the documents
-of token shards (`gpt2_jax.data.prepare`'s output): pass shards the model does not train on, such
-as a run's validation split.
+Each item is a passage of whole sentences (at least `--context_words` words) from the text; the
+continuation is its last word, and the model is right only if greedy decoding reproduces it (a
+CORE language-modeling task, zero-shot). As in LAMBADA, a passage is kept only if its last word
+already occurred in it, so broad context can predict it. The output is a complete bundle
+(core.yaml, eval_meta_data.csv with a baseline of 0, eval_data/<label>.jsonl) for `evaluate
+--core --eval_bundle DIR` or `train.core_every` with `train.core_bundle=DIR`. The text is the
+documents of token shards (`gpt2_jax.data.prepare`'s output): pass shards the model does not
+train on, such as a run's validation split.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ import argparse
 import csv
 import itertools
 import json
-import random
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -47,57 +42,31 @@ def shard_documents(files: list[str]) -> Iterator[str]:
             yield tokenizer.decode(tokens[start + 1:end])
 
 
-def sentence_runs(documents: Iterable[str], context_words: int) -> Iterator[list[str]]:
-    """Runs of consecutive sentences of at least `context_words` words, each document's in
-    order, none overlapping."""
+def passages(documents: Iterable[str], context_words: int) -> Iterator[dict]:
+    """{"context", "continuation"} items: runs of consecutive sentences of at least
+    `context_words` words whose last word (3+ letters, trailing punctuation dropped) occurred
+    earlier in the run."""
     for document in documents:
         run: list[str] = []
         for sentence in SENTENCE_END.split(" ".join(document.split())):
             run.append(sentence)
-            if len(" ".join(run).split()) >= context_words:
-                yield run
-                run = []
+            text = " ".join(run)
+            if len(text.split()) < context_words:
+                continue
+            run = []
+            match = LAST_WORD.match(text)
+            if match and re.search(rf"\b{match[2]}\b", match[1], re.IGNORECASE):
+                yield {"context": match[1], "continuation": match[2]}
 
 
-def last_word_item(run: list[str]) -> dict | None:
-    """{"context", "continuation"} if the run's last word (3+ letters, trailing punctuation
-    dropped) occurred earlier in it, else None."""
-    match = LAST_WORD.match(" ".join(run))
-    if match and re.search(rf"\b{match[2]}\b", match[1], re.IGNORECASE):
-        return {"context": match[1], "continuation": match[2]}
-    return None
-
-
-def next_sentence_items(runs: list[list[str]], options: int = 4, seed: int = 0) -> list[dict]:
-    """{"query", "choices", "gold"} per run of two or more sentences: the run without its last
-    sentence, and that sentence among the last sentences of `options - 1` other runs."""
-    rng = random.Random(seed)
-    endings = list(dict.fromkeys(run[-1] for run in runs))
-    items = []
-    for run in runs:
-        others = [e for e in endings if e != run[-1]]
-        if len(run) < 2 or len(others) < options - 1:
-            continue
-        choices = [run[-1], *rng.sample(others, options - 1)]
-        rng.shuffle(choices)
-        items.append({"query": " ".join(run[:-1]), "choices": choices,
-                      "gold": choices.index(run[-1])})
-    return items
-
-
-def write_bundle(out: Path, tasks: dict[str, tuple[str, float, list[dict]]]) -> None:
-    """`tasks`: label -> (icl_task_type, random baseline in percent, items), all zero-shot."""
+def write_bundle(out: Path, items: list[dict], label: str) -> None:
     (out / "eval_data").mkdir(parents=True, exist_ok=True)
-    for label, (_, _, items) in tasks.items():
-        (out / "eval_data" / f"{label}.jsonl").write_text(
-            "".join(json.dumps(i) + "\n" for i in items))
-    specs = [{"label": label, "dataset_uri": f"{label}.jsonl", "num_fewshot": [0],
-              "icl_task_type": kind, "continuation_delimiter": " "}
-             for label, (kind, _, _) in tasks.items()]
-    (out / "core.yaml").write_text(yaml.safe_dump({"icl_tasks": specs}, sort_keys=False))
+    (out / "eval_data" / f"{label}.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    task = {"label": label, "dataset_uri": f"{label}.jsonl", "num_fewshot": [0],
+            "icl_task_type": "language_modeling", "continuation_delimiter": " "}
+    (out / "core.yaml").write_text(yaml.safe_dump({"icl_tasks": [task]}, sort_keys=False))
     with open(out / "eval_meta_data.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["Eval Task", "Random baseline"],
-                                 *([label, baseline] for label, (_, baseline, _) in tasks.items())])
+        csv.writer(f).writerows([["Eval Task", "Random baseline"], [label, 0]])
 
 
 @exits_on_user_error
@@ -107,28 +76,18 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, help="glob of held-out token shards")
     parser.add_argument("--out", required=True, help="bundle directory to write")
-    parser.add_argument("--items", type=int, default=1000, help="items per task (the first N)")
+    parser.add_argument("--items", type=int, default=1000, help="passages to keep (the first N)")
     parser.add_argument("--context_words", type=int, default=60, help="least words per passage")
-    parser.add_argument("--label", default="last_word", help="the last-word task's label")
+    parser.add_argument("--label", default="last_word", help="the task's label")
     args = parser.parse_args(argv)
-    runs = sentence_runs(shard_documents(find_shards(args.shards)), args.context_words)
-    last_words, kept_runs = [], []
-    for run in runs:
-        if len(last_words) >= args.items and len(kept_runs) >= args.items:
-            break
-        item = last_word_item(run)
-        if item and len(last_words) < args.items:
-            last_words.append(item)
-        if len(run) >= 2:
-            kept_runs.append(run)
-    next_sentences = next_sentence_items(kept_runs)[:args.items]
-    if not last_words or not next_sentences:
-        raise DataError(f"--shards {args.shards}: too few passages qualify (too short, of one "
-                        f"sentence, or with no last word that occurs earlier in its passage)")
-    write_bundle(Path(args.out), {args.label: ("language_modeling", 0, last_words),
-                                  "next_sentence": ("multiple_choice", 25, next_sentences)})
-    print(f"wrote {len(last_words)} items of task {args.label!r} and {len(next_sentences)} of "
-          f"'next_sentence' to {args.out}")
+    documents = shard_documents(find_shards(args.shards))
+    items = list(itertools.islice(passages(documents, args.context_words), args.items))
+    if not items:
+        raise DataError(f"--shards {args.shards}: no passage qualifies (too short, or no last "
+                        f"word that occurs earlier in its passage)")
+    write_bundle(Path(args.out), items, args.label)
+    print(f"wrote {len(items)} items of task {args.label!r} to {args.out}")
+
 
 if __name__ == "__main__":
     main()
