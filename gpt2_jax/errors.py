@@ -4,9 +4,12 @@
 What the commands guarantee (tests/test_reliability.py holds each):
 - A bad config key or command-line value (`sample --temperature -1`, `--num_samples 0`) names it.
 - A workdir (or `--out`) that is a file, not writable, on a read-only mount or an impossible path
-  is refused before any work; a workdir is held by one trainer at a time.
+  is refused before any work; a workdir is held by one trainer at a time (a lock file removed
+  by its leaving holder is not taken for a lock); `hf export` refuses a non-empty directory.
 - A damaged checkpoint is set aside (never deleted) and the run resumes from the one before; when
-  none restores, the trainer stops rather than start over (train.resume=False does that).
+  none restores, the trainer stops rather than start over, and stops again on every rerun until
+  train.resume=False says to. Broken checkpoints still on disk are said at start, with their
+  size and the command that prunes them. A resume that succeeds logs no warnings.
 - Logs are never erased or mixed: a start from step 0, or with train.resume=False, moves the
   earlier metrics.jsonl and tensorboard/ aside; a resume with changed settings lists them and
   keeps the earlier config.

@@ -31,7 +31,7 @@ from gpt2_jax import tokenizer
 from gpt2_jax.util import atomic
 from gpt2_jax.training.checkpoint import load_trained, save_params
 from gpt2_jax.config import base_config, model_config
-from gpt2_jax.errors import WeightsError, WorkdirError, exits_on_user_error
+from gpt2_jax.errors import WeightsError, WorkdirError, exits_on_user_error, require_extra
 from gpt2_jax.model import GPTConfig
 
 
@@ -262,6 +262,7 @@ def export_weights(workdir: str | Path, out: str | Path, step: int | None = None
     """Write the run's checkpoint as a transformers directory; returns the exported step. The
     files get the usual permissions (umask applied), like any file `open()` creates."""
     serialize = _safetensors().save
+    require_extra("tokenizers", "hf", "hf export (its tokenizer.json)")  # before any file is written
     out = Path(out)
     check_export_directory(out, force)
     trained = load_trained(workdir, step)

@@ -4,6 +4,7 @@ line naming the file and what is wrong. Real orbax checkpoints, damaged by the t
 
 import contextlib
 import fcntl
+import importlib.util
 import json
 import logging
 import os
@@ -372,6 +373,10 @@ def test_when_no_checkpoint_restores_the_run_stops_and_keeps_its_metrics(six_ste
         train(load_config(None, [*RUN, "--config.train.max_steps=7"]), workdir)
     assert (workdir / "metrics.jsonl").read_text() == rows  # nothing erased
     assert len(list((workdir / "checkpoints").glob("broken-*"))) == 2
+    with pytest.raises(CheckpointError, match=r"all 2 were set aside as broken-\*; .* pass "
+                                              r"--config\.train\.resume=False"):
+        train(load_config(None, [*RUN, "--config.train.max_steps=7"]), workdir)  # the same again
+    assert (workdir / "metrics.jsonl").read_text() == rows
 
 
 @pytest.mark.slow
@@ -465,6 +470,19 @@ def test_hf_export_without_the_hf_extra_says_what_to_install(six_step_run, tmp_p
                                 "safetensors: pip install -e '.[hf]'")
 
 
+def test_hf_export_without_tokenizers_says_what_to_install_and_writes_nothing(six_step_run,
+                                                                              tmp_path,
+                                                                              monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tokenizers" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_:
+        hf.main(["export", "--workdir", str(six_step_run), "--out", str(tmp_path / "hf")])
+    assert exit_.value.code == ('error: hf export (its tokenizer.json) needs the tokenizers extra: '
+                                'pip install -e ".[hf]"')
+    assert not (tmp_path / "hf").exists()
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("a.txt", b"text\xff\xfe\x00binary", r"a\.txt: not UTF-8 text \(byte 4\); a binary file\?"),
     ("a.jsonl", b'{"text": "fine"}\n\xff\xfe\x00\n', r"a\.jsonl:2: not UTF-8 text"),
@@ -541,14 +559,20 @@ def test_a_shard_truncated_while_read_is_an_error_naming_it_not_a_sigbus(tmp_pat
 
 @pytest.mark.slow
 def test_resume_with_changed_settings_lists_them_and_keeps_the_earlier_config(six_step_run,
-                                                                              tmp_path, capsys):
+                                                                              tmp_path, capsys,
+                                                                              caplog):
     workdir = six_step_copy(six_step_run, tmp_path)
-    train(load_config(None, [*RUN, "--config.train.max_steps=7", "--config.optim.lr=0.002",
-                             "--config.train.seed=5"]), workdir)
+    with caplog.at_level(logging.WARNING):
+        train(load_config(None, [*RUN, "--config.train.max_steps=7", "--config.optim.lr=0.002",
+                                 "--config.train.seed=5", "--config.train.total_batch_size=512"]),
+              workdir)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]  # a resume, no noise
     out = capsys.readouterr().out
     (line,) = [line for line in out.splitlines() if "with changed settings" in line]
     assert line == ("resuming step 6 with changed settings: optim.lr: 0.001 -> 0.002; "
-                    "train.max_steps: 6 -> 7; train.seed: 0 -> 5")
+                    "train.max_steps: 6 -> 7; train.seed: 0 -> 5; "
+                    "train.total_batch_size: 256 -> 512")
+    assert "done: steps 7-7" in out  # the larger batch trained
     kept = json.loads((workdir / "config.before-6.json").read_text())
     assert (kept["optim"]["lr"], kept["train"]["max_steps"]) == (0.001, 6)
     assert json.loads((workdir / "config.json").read_text())["optim"]["lr"] == 0.002

@@ -52,6 +52,13 @@ def starting_state(c: ml_collections.ConfigDict, training: Training, ckpt: Check
                 "(torn by a kill mid-write)")
         say(f"resumed from checkpoint step {start.step} in {ckpt.directory}")
         return start
+    broken = run_history.broken_checkpoints(workdir)
+    if broken and c.train.resume:  # every checkpoint was set aside: asked before, ask again
+        ckpt.close()
+        raise CheckpointError(
+            f"no checkpoint in {ckpt.directory} restores: all {len(broken)} were set aside as "
+            f"broken-*; to train from scratch, pass --config.train.resume=False, which moves "
+            f"this run's checkpoints and metrics aside")
     if is_main:
         set_aside_history(workdir, say)
     state = training.init_state(c.train.seed)
