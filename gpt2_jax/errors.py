@@ -86,9 +86,10 @@ def exits_on_user_error(main: Callable) -> Callable:
 
 def require_extra(module: str, extra: str, needed_by: str) -> None:
     """A UserError naming the extra to install when `module` (an optional dependency) is absent,
-    raised before any work, e.g. `--lm_eval needs the lm-eval extra: pip install -e ".[lmeval]"`."""
+    raised before any work, e.g. `--lm_eval needs lm_eval (the lmeval extra): pip install -e
+    ".[lmeval]"`."""
     if importlib.util.find_spec(module) is None:
-        raise UserError(f'{needed_by} needs the {module.replace("_", "-")} extra: '
+        raise UserError(f'{needed_by} needs {module} (the {extra} extra): '
                         f'pip install -e ".[{extra}]"')
 
 

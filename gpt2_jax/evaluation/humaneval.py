@@ -46,6 +46,15 @@ def program(problem: Problem, completion: str) -> str:
     return f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
+def check_sandbox() -> None:
+    """Run a trivial program in the sandbox, so a machine where it cannot isolate programs
+    (SandboxUnavailable) fails before any completion is generated."""
+    outcome = sandbox.run("pass", sandbox.Limits(timeout_s=10))
+    if not outcome.passed:
+        raise sandbox.SandboxUnavailable(f"the sandbox did not run an empty program "
+                                         f"({outcome.status}): {outcome.output[-500:]}")
+
+
 def passes(problem: Problem, completion: str, limits: sandbox.Limits = sandbox.Limits()) -> bool:
     return sandbox.run(program(problem, completion), limits).passed
 

@@ -147,11 +147,10 @@ class GPT2JaxLM(TemplateLM):
         return texts
 
 
-def evaluate(trained: Trained, tasks: list[str], include_path: str | None = None,
-             limit: float | None = None) -> dict:
-    """lm-eval's results of `tasks` (names, groups or patterns of its tasks, and of the task
-    YAMLs under `include_path`), as `lm_eval.simple_evaluate` returns them."""
-    from lm_eval import simple_evaluate
+def task_manager(tasks: list[str], include_path: str | None = None):
+    """lm-eval's TaskManager over its tasks and those under `include_path`, once every name in
+    `tasks` (a task, a group, or a pattern) is known to it: checked before any model is
+    restored."""
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=include_path)
@@ -162,5 +161,13 @@ def evaluate(trained: Trained, tasks: list[str], include_path: str | None = None
                             + (f"and {include_path}'s " if include_path else "")
                             + "(`lm_eval ls tasks` lists them; --lm_eval_include DIR adds task "
                               "YAMLs)")
+    return manager
+
+
+def evaluate(trained: Trained, tasks: list[str], manager, limit: float | None = None) -> dict:
+    """lm-eval's results of `tasks` (see task_manager), as `lm_eval.simple_evaluate` returns
+    them."""
+    from lm_eval import simple_evaluate
+
     return simple_evaluate(model=GPT2JaxLM(trained=trained), tasks=tasks, limit=limit,
                            task_manager=manager, log_samples=False)

@@ -32,6 +32,7 @@ from gpt2_jax.errors import UserError
 from gpt2_jax.evaluation import sandbox_launcher as launcher
 
 OUTPUT_TAIL = 4096  # bytes of the program's output kept for the report
+LAUNCHER_GRACE_S = 5.0  # past the timeout, how long the launcher has to stop the program
 
 
 class SandboxUnavailable(UserError):
@@ -86,33 +87,37 @@ def run(program: str, limits: Limits = Limits()) -> Outcome:
         work.mkdir()
         python.mkdir()
         os.chmod(root, 0o755)
-        (work / "program.py").write_text(f"{GUARD}\n{program}\n\nprint({marker!r})\n")
+        (work / "program.py").write_text(f"{GUARD}\n{program}\n\nprint('\\n{marker}')\n")
         if launcher.isolated():
             os.chown(work, launcher.NOBODY, launcher.NOBODY)
+        errors_r, errors_w = os.pipe()
         process = subprocess.Popen(
-            [sys.executable, "-I", "-S", launcher.__file__, str(root), repr(limits.timeout_s),
-             str(limits.memory_bytes), str(limits.processes), str(limits.file_bytes),
-             str(limits.open_files)],
+            [sys.executable, "-I", "-S", launcher.__file__, str(root), str(errors_w),
+             repr(limits.timeout_s), str(limits.memory_bytes), str(limits.processes),
+             str(limits.file_bytes), str(limits.open_files)],
             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, cwd=work,
-            env={}, start_new_session=True)
-        try:
-            code = process.wait(timeout=limits.timeout_s)
+            env={}, start_new_session=True, pass_fds=(errors_w,))
+        os.close(errors_w)
+        try:  # the launcher stops the program at the timeout; this is the backstop
+            code = process.wait(timeout=limits.timeout_s + LAUNCHER_GRACE_S)
         except subprocess.TimeoutExpired:
-            code = None
+            code = launcher.TIMED_OUT
         finally:
             try:
                 os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
             except ProcessLookupError:
                 pass
             process.wait()
-        if (root / launcher.ERROR_FILE).exists():
+        with os.fdopen(errors_r, "rb") as errors:
+            setup_error = errors.read().decode(errors="replace").strip()
+        if setup_error:
             raise SandboxUnavailable(
-                f"cannot isolate programs ({(root / launcher.ERROR_FILE).read_text().strip()}); "
-                "as root the sandbox needs to create namespaces (a container needs "
-                "CAP_SYS_ADMIN), or run as an unprivileged user to get its limits only")
+                f"{setup_error}; nothing was scored. As root the sandbox needs to create "
+                "namespaces (a container needs CAP_SYS_ADMIN and unshare allowed), or run as "
+                "an unprivileged user to get its limits only")
         output.seek(max(output.seek(0, os.SEEK_END) - OUTPUT_TAIL, 0))
         text = output.read().decode("utf-8", errors="replace")
-    lines = text.rstrip("\n").split("\n")
-    finished = code == 0 and lines[-1] == marker
-    text = "\n".join(lines[:-1]) if finished else text
-    return Outcome("timed out" if code is None else "passed" if finished else "failed", text)
+    body, _, last = text.rstrip("\n").rpartition("\n")  # the marker prints on a line of its own
+    finished = code == 0 and last == marker
+    return Outcome("timed out" if code == launcher.TIMED_OUT else
+                   "passed" if finished else "failed", body if finished else text)

@@ -1,12 +1,15 @@
 """The sandbox's launcher (gpt2_jax.evaluation.sandbox), run as a script, `python -I -S
-sandbox_launcher.py ROOT TIMEOUT MEMORY PROCESSES FILE_BYTES OPEN_FILES`, to start the program
-ROOT/work/program.py contained: standard library only, one thread, nothing of the caller's.
+sandbox_launcher.py ROOT ERRORS_FD TIMEOUT MEMORY PROCESSES FILE_BYTES OPEN_FILES`, to start the
+program ROOT/work/program.py contained: standard library only, one thread, nothing of the caller's.
 
 As root on Linux it enters new network, mount and PID namespaces (no network but a loopback left
 down; every mount read-only but ROOT/work; the interpreter bound under ROOT/python, since it may
 live in a home directory `nobody` cannot enter), then forks the program, the init of its PID
-namespace, which sets the limits, drops to `nobody` and execs the interpreter on it. Its exit
-status is the program's (128 + N when killed by signal N).
+namespace, which sets the limits, drops to `nobody` and execs the interpreter on it. At the
+timeout the launcher kills the program; as the namespace's init, its death takes every process
+it started with it, whatever they did to their session or death signal. Why the program could not
+be started goes to ERRORS_FD, which the program never holds; the exit status is the program's
+(128 + N when killed by signal N).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ NOBODY = 65534  # uid and gid of `nobody`, the user programs run as when the lau
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x20000000, 0x40000000
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG = 1
-ERROR_FILE = "launcher_error"  # in ROOT, which only root can write: why isolation failed
+TIMED_OUT = 124  # the launcher's status when it killed the program at the timeout, as timeout(1)
 
 
 def isolated() -> bool:
@@ -61,8 +64,9 @@ def _enter_namespaces(root: str, work: str) -> str:
                                                sys.base_prefix))
 
 
-def _launch(root: str, timeout_s: float, memory: int, processes: int, file_bytes: int,
-            open_files: int) -> int:
+def _launch(root: str, errors_fd: int, timeout_s: float, memory: int, processes: int,
+            file_bytes: int, open_files: int) -> int:
+    os.set_inheritable(errors_fd, False)  # closed at the program's exec
     work = os.path.join(root, "work")
     python = os.path.realpath(sys.executable)
     as_root = isolated()
@@ -70,8 +74,7 @@ def _launch(root: str, timeout_s: float, memory: int, processes: int, file_bytes
         try:
             python = _enter_namespaces(root, work)
         except OSError as e:
-            with open(os.path.join(root, ERROR_FILE), "w") as f:
-                f.write(str(e))
+            os.write(errors_fd, f"cannot isolate programs ({e})".encode())
             return 125
     pid = os.fork()
     if pid == 0:
@@ -92,12 +95,17 @@ def _launch(root: str, timeout_s: float, memory: int, processes: int, file_bytes
             os.chdir(work)
             os.execve(python, [python, "-I", "program.py"], environment(work))
         except BaseException as e:  # noqa: BLE001  anything: the program must not run
-            os.write(2, f"sandbox: cannot start the program: {e}\n".encode())
+            os.write(errors_fd, f"cannot start a program: {e}".encode())
         os._exit(126)
+    timed_out = []
+    signal.signal(signal.SIGALRM, lambda *_: (timed_out.append(True), os.kill(pid, signal.SIGKILL)))
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
     _, status = os.waitpid(pid, 0)
+    if timed_out:
+        return TIMED_OUT
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell says
 
 
 if __name__ == "__main__":
-    sys.exit(_launch(sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:7])))
+    sys.exit(_launch(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), *map(int, sys.argv[4:8])))
