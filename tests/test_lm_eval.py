@@ -175,3 +175,10 @@ def test_unsupported_generation_settings_are_named(run):
     with pytest.raises(UserError, match="max_gen_toks=64"):
         model._sampling({"max_gen_toks": CONTEXT}, seed=0)
 
+
+
+def test_a_limit_that_is_not_positive_is_refused_before_the_run_is_restored(tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--workdir", str(tmp_path / "nothing"), "--lm_eval", "tiny_mc",
+                       "--limit", "0"])
+    assert exit_.value.code == "error: --limit must be > 0 (a count, or a fraction below 1), not 0.0"
