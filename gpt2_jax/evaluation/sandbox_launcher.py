@@ -98,9 +98,15 @@ def _launch(root: str, errors_fd: int, timeout_s: float, memory: int, processes:
             os.write(errors_fd, f"cannot start a program: {e}".encode())
         os._exit(126)
     timed_out = []
-    signal.signal(signal.SIGALRM, lambda *_: (timed_out.append(True), os.kill(pid, signal.SIGKILL)))
+
+    def stop(*_) -> None:
+        timed_out.append(True)
+        os.kill(pid, signal.SIGKILL)  # not yet reaped: the waitpid below has not returned
+
+    signal.signal(signal.SIGALRM, stop)
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     _, status = os.waitpid(pid, 0)
+    signal.setitimer(signal.ITIMER_REAL, 0)
     if timed_out:
         return TIMED_OUT
     code = os.waitstatus_to_exitcode(status)
