@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", help="append a mode 'eval' row per config to this JSONL file")
     parser.add_argument("--run_id", default=results.default_run_id())
     args = parser.parse_args(argv)
+    if args.passes < 1:
+        parser.error(f"--passes must be at least 1, not {args.passes}")
     bundle = Path(args.out)
     if not (bundle / "core.yaml").exists():
         generate_bundle(bundle, args.items)

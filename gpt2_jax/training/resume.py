@@ -52,8 +52,8 @@ def starting_state(c: ml_collections.ConfigDict, training: Training, ckpt: Check
                 "(torn by a kill mid-write)")
         say(f"resumed from checkpoint step {start.step} in {ckpt.directory}")
         return start
-    broken = run_history.broken_checkpoints(workdir)
-    if broken and c.train.resume:  # every checkpoint was set aside: asked before, ask again
+    broken = run_history.broken_checkpoints(workdir)  # train.resume=False moved them aside
+    if broken:  # every checkpoint was set aside: asked before, ask again
         ckpt.close()
         raise CheckpointError(
             f"no checkpoint in {ckpt.directory} restores: all {len(broken)} were set aside as "
