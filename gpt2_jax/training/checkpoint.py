@@ -173,8 +173,10 @@ class Checkpointer:
                 shutil.disk_usage(self.directory).free, written=True)) from None
 
     def _disk_full_message(self, step: int, needed: int | None, free: int, written: bool) -> str:
-        newest = self.manager.latest_step()
-        kept = (f"the newest complete checkpoint, step {newest}, is kept" if newest
+        # From the disk: orbax lists a step from the moment its save starts, failed or not.
+        newest = max((int(p.name) for p in self.directory.iterdir() if p.name.isdigit()),
+                     default=None)
+        kept = (f"the newest complete checkpoint, step {newest}, is kept" if newest is not None
                 else "no checkpoint was complete yet")
         return (f"disk full: {_mount_point(self.directory)} (holding {self.directory}) has "
                 f"{free / 2**30:.2f} GiB free"
