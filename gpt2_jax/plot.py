@@ -4,7 +4,8 @@
 
 Left: train loss (thin) and validation loss (thick) against tokens seen, skipped updates marked.
 Then, when any run evaluated them: HellaSwag accuracy and the CORE metric, each with OpenAI
-GPT-2's figures as horizontal lines.
+GPT-2's figures as horizontal lines. GPT-2's CORE is of the 22-task bundle, so its line is drawn
+only beside runs scored on 22 tasks; a bundle of a few tasks of your own gets a curve per task.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ HELLASWAG_BASELINES = {"OpenAI GPT-2 124M": 0.295, "OpenAI GPT-2 1.5B": 0.489}
 # CORE of OpenAI's GPT-2 1.5B as nanochat's README and dev/LEADERBOARD.md state it (the bar of its
 # time-to-GPT-2 leaderboard).
 CORE_BASELINES = {"OpenAI GPT-2 1.5B (nanochat)": 0.256525}
+CORE_TASKS = 22  # in the DCLM CORE bundle, which that figure is of
+FEW_TASKS = 4  # a bundle of at most this many tasks gets a curve per task
 
 
 def read_run(run_dir: str | Path) -> tuple[list[dict], int]:
@@ -38,6 +41,18 @@ def read_run(run_dir: str | Path) -> tuple[list[dict], int]:
     rows = [row for _, row in read_rows(metrics_path)[0]]  # a torn last line is skipped
     config = json.loads((run_dir / "config.json").read_text())
     return rows, config["train"]["total_batch_size"]
+
+
+def core_tasks(rows: list[dict]) -> list[str]:
+    """The `core/<task>` keys of a run's CORE rows."""
+    return sorted({k for r in rows if "core" in r for k in r if k.startswith("core/")})
+
+
+def reference_lines(key: str, baselines: dict, runs: dict) -> dict:
+    """GPT-2's figures to draw on a panel: CORE's only beside a run scored on its 22 tasks."""
+    if key == "core" and not any(len(core_tasks(rows)) == CORE_TASKS for rows, _ in runs.values()):
+        return {}
+    return baselines
 
 
 def plot_runs(run_dirs: list[str], out: str) -> None:
@@ -73,7 +88,12 @@ def plot_runs(run_dirs: list[str], out: str) -> None:
             points = [(r["step"] * tokens_per_step, r[key]) for r in rows if key in r]
             if points:
                 ax.plot(*zip(*points), color=f"C{i}", lw=2, marker="o", ms=3, label=name)
-        for j, (label, value) in enumerate(baselines.items()):
+            if key == "core" and 1 < len(tasks := core_tasks(rows)) <= FEW_TASKS:
+                for task, style in zip(tasks, (":", "-.", "--", (0, (1, 3)))):
+                    ax.plot(*zip(*[(r["step"] * tokens_per_step, r[task]) for r in rows
+                                   if task in r]), color=f"C{i}", lw=1, ls=style,
+                            label=f"{name} {task.removeprefix('core/')}")
+        for j, (label, value) in enumerate(reference_lines(key, baselines, runs).items()):
             ax.axhline(value, color=f"C{7 + j}", ls="--", label=f"{label} ({value:.4g})")
         ax.set(xlabel="tokens", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)

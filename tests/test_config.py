@@ -22,7 +22,7 @@ def test_default_is_the_shipped_shakespeare_config():
 
 
 @pytest.mark.parametrize("name", ["gpt2_124m", "gpt2_350m", "gpt2_774m", "gpt2_1558m",
-                                  "modern_124m"])
+                                  "modern_124m", "modern_350m", "modern_1558m"])
 def test_shipped_configs_load_and_validate(name):
     c = load_config(str(CONFIGS / f"{name}.py"))
     assert c.data.source == "shards" and c.model.vocab_size == 50304
@@ -202,8 +202,10 @@ def test_kernel_choices_resolve_through_the_table(tiny_config):
 def test_the_shipped_configs_are_the_importable_definitions():
     for size in ("124m", "350m", "774m", "1558m"):
         assert load_config(str(CONFIGS / f"gpt2_{size}.py")).to_dict() == gpt2(size).to_dict()
-    assert load_config(str(CONFIGS / "modern_124m.py")).to_dict() == modern("124m").to_dict()
-    assert "importlib" not in (CONFIGS / "modern_124m.py").read_text()
+    for size in ("124m", "350m", "1558m"):
+        path = CONFIGS / f"modern_{size}.py"
+        assert load_config(str(path)).to_dict() == modern(size).to_dict()
+        assert "importlib" not in path.read_text()
     with pytest.raises(ConfigError, match="GPT-2 size '125m'"):
         gpt2("125m")
 

@@ -246,32 +246,45 @@ def test_training_with_core_and_no_bundle_fails_before_starting(tiny_config, tmp
         core_tasks(c)
 
 
-def test_plot_draws_core_with_gpt2_reference(tmp_path):
+@pytest.mark.parametrize("tasks", [22, 2])
+def test_plot_draws_core_with_gpt2_reference_only_for_the_whole_bundle(tmp_path, tasks):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"train": {"total_batch_size": 1024}}))
+    scores = lambda core: {"core": core, **{f"core/task{i}": core for i in range(tasks)}}  # noqa: E731
     rows = [{"step": s, "loss": 10 - s / 10} for s in range(1, 20)]
-    rows += [{"step": 10, "core": 0.01}, {"step": 19, "val_loss": 8.0, "core": 0.03}]
+    rows += [{"step": 10, **scores(0.01)}, {"step": 19, "val_loss": 8.0, **scores(0.03)}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "curves.png"
     plot.main([str(run), "--out", str(out)])
     png = out.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(png[16:20], "big") == 13 * 110  # two panels: loss and CORE
+    runs = {"run": plot.read_run(run)}
+    lines = plot.reference_lines("core", plot.CORE_BASELINES, runs)
+    assert lines == (plot.CORE_BASELINES if tasks == 22 else {})
 
 
-def test_last_word_task_is_a_bundle_of_predictable_last_words(tmp_path):
-    from gpt2_jax.evaluation import last_word
+def test_heldout_bundle_holds_predictable_last_words_and_shuffled_sentences(tmp_path):
+    from gpt2_jax.evaluation import heldout_bundle
 
     text = tokenizer.shipped_text()[-60_000:]
     write_shard(tmp_path / "val_000.bin", np.concatenate(
         [tokenizer.tokenize_document(text[:30_000]), tokenizer.tokenize_document(text[30_000:])]))
-    last_word.main(["--shards", str(tmp_path / "val_*.bin"), "--out", str(tmp_path / "b"),
-                    "--items", "5", "--context_words", "40"])
-    (task,) = core.load_bundle(tmp_path / "b")
-    assert task.task_type == "language_modeling" and task.baseline == 0 and len(task.items) == 5
-    for item in task.items:
+    heldout_bundle.main(["--shards", str(tmp_path / "val_*.bin"), "--out", str(tmp_path / "b"),
+                         "--items", "5", "--context_words", "40"])
+    last_word, word_order = core.load_bundle(tmp_path / "b")
+    assert last_word.task_type == "language_modeling" and last_word.baseline == 0
+    assert word_order.task_type == "multiple_choice" and word_order.baseline == 25
+    assert len(last_word.items) == len(word_order.items) == 5
+    for item in last_word.items:
         assert len(item["context"].split()) >= 39 and item["continuation"].isalpha()
         assert item["continuation"].lower() in item["context"].lower()
-    prepared = core.prepare([task], 1024)
+    for item in word_order.items:
+        real, *shuffled = [item["choices"][item["gold"]],
+                           *(c for i, c in enumerate(item["choices"]) if i != item["gold"])]
+        assert len(set(item["choices"])) == 4 and real[-1] in ".!?\"'"
+        assert all(sorted(c.split()) == sorted(real.split()) for c in shuffled)
+    assert len({item["gold"] for item in word_order.items}) > 1  # the answer's place varies
+    prepared = core.prepare([last_word, word_order], 1024)
     assert all(len(r.tokens) > r.end - r.start >= 1 for r in prepared.rows)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gpt2_jax"
 COMMANDS = {"train", "evaluate", "sample", "serve", "bench.__main__", "plot", "hf", "data.prepare",
-            "data.bench", "evaluation.last_word", "lm_eval"}
+            "data.bench", "evaluation.heldout_bundle", "lm_eval"}
 LOOP = {"training.loop", "bench.train"}  # the loop, and what measures it
 
 
