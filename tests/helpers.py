@@ -38,8 +38,12 @@ def run_steps(c, mesh, tx, batches):
         return state, jax.device_get(state), history
 
 
+def process_env(devices=1):
+    """The environment of a command a test starts: `devices` CPU devices."""
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
 def run_module(module, *args, cwd):
     """`python -m module args` in a subprocess on one CPU device."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=process_env(),
                           capture_output=True, text=True, timeout=600)

@@ -1,7 +1,6 @@
 """The benchmark commands stay alive on CPU, and write result rows only where asked."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 
 from gpt2_jax.bench import __main__ as bench
 from gpt2_jax.data import bench as data_bench
-from helpers import CONFIGS
+from helpers import CONFIGS, process_env
 
 # A one-layer GPT-2 on the 8 fake CPU devices, 128 tokens a step.
 TINY_BENCH = ["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
@@ -63,7 +62,7 @@ def test_loop_bench_over_two_processes_reports_once(tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = process_env()
     procs = [subprocess.Popen(
         [sys.executable, "-m", "gpt2_jax.bench", "--loop", *TINY_BENCH, "--config.mesh.data=2",
          "--config.data.num_threads=1", "--config.train.log_every=1", "--steps", "4",
@@ -77,6 +76,7 @@ def test_loop_bench_over_two_processes_reports_once(tmp_path):
     assert "tok/s" in outputs[0] and "tok/s" not in outputs[1]
 
 
+@pytest.mark.slow
 def test_decode_bench_prints_rows_and_records_them_only_when_asked(tmp_path, capsys,
                                                                    monkeypatch):
     monkeypatch.chdir(tmp_path)

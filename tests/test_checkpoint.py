@@ -1,7 +1,6 @@
 """Checkpoints: exact resume (data order included), preemption, kills, other meshes, errors."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import TINY
+from helpers import TINY, process_env
 from gpt2_jax.parallel import sharding
 from gpt2_jax.training.checkpoint import Checkpointer, load_trained
 from gpt2_jax.config import load_config, model_config
@@ -33,7 +32,7 @@ IN_PROCESS = [*RUN, "--config.mesh.data=-1", "--config.train.total_batch_size=25
 
 
 def start(workdir, *extra):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = process_env()
     return subprocess.Popen([sys.executable, "-m", "gpt2_jax.train", "--workdir", str(workdir),
                              *RUN, *extra], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -1,17 +1,18 @@
 """The README's default command, run as a user runs it (a subprocess, 1 CPU device)."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
+from helpers import process_env
+
 pytestmark = pytest.mark.slow  # every test here starts a real process
 
 
 def run_train(tmp_path, *args):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = process_env()
     return subprocess.run([sys.executable, "-m", "gpt2_jax.train", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
 

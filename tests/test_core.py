@@ -137,6 +137,7 @@ def bundle(tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 def test_core_equals_an_unbatched_reference_of_nanochats_scoring(tiny, bundle):
     model, params = tiny
     tasks = core.load_bundle(bundle)

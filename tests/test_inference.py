@@ -60,6 +60,7 @@ def test_greedy_decoding_equals_the_models_argmax_step_by_step(gpt2):
     assert request.finish_reason == "length" and request.text == tokenizer.decode(request.tokens)
 
 
+@pytest.mark.slow
 def test_the_modern_recipe_decodes_as_its_forward_argmax():
     model, params = tiny_model(pos_emb="rope", qk_norm=True, norm="rmsnorm", mlp_act="relu2",
                                tie_embeddings=False, logit_softcap=15.0)
@@ -68,6 +69,7 @@ def test_the_modern_recipe_decodes_as_its_forward_argmax():
         assert request.tokens == argmax_continuation(model, params, prompt, 12)
 
 
+@pytest.mark.slow
 def test_an_fp8_trained_model_decodes_from_its_fp32_params():
     model, params = tiny_model(fp8=True)
     (request,) = Engine(model.config, params, max_batch=1, chunk_steps=4).generate(
@@ -75,6 +77,7 @@ def test_an_fp8_trained_model_decodes_from_its_fp32_params():
     assert len(request.tokens) == 5 and max(request.tokens) < tokenizer.VOCAB_SIZE
 
 
+@pytest.mark.slow
 def test_each_row_of_a_batch_gets_the_tokens_it_gets_alone(gpt2):
     _, _, engine = gpt2
     settings = [GREEDY, SamplingParams(max_tokens=12, temperature=1.5, top_k=20, seed=7,

@@ -104,6 +104,7 @@ def responses(output, task):
     return [s["resps"] for s in sorted(output["samples"][task], key=lambda s: s["doc_id"])]
 
 
+@pytest.mark.slow
 def test_loglikelihoods_match_the_harness_hf_model(both):
     ours, theirs = both
     differences = []
@@ -123,6 +124,7 @@ def test_loglikelihoods_match_the_harness_hf_model(both):
             theirs["results"]["tiny_ppl"][metric], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_greedy_generations_match_the_harness_hf_model(both):
     ours, theirs = both
     generated = responses(ours, "tiny_gen")
@@ -130,6 +132,7 @@ def test_greedy_generations_match_the_harness_hf_model(both):
     assert any(g[0][0] for g in generated)  # the random model's text, cut at its first "e"
 
 
+@pytest.mark.slow
 def test_evaluate_prints_the_table_and_reports_the_harness_results(run, tasks, tmp_path, capsys):
     report = tmp_path / "report.json"
     evaluate.main(["--workdir", str(run / "run"), "--lm_eval", "tiny_mc,tiny_ppl",
@@ -143,6 +146,7 @@ def test_evaluate_prints_the_table_and_reports_the_harness_results(run, tasks, t
     assert results["tiny_ppl"]["bits_per_byte,none"] > 0
 
 
+@pytest.mark.slow
 def test_the_harness_command_line_runs_our_model(run, tasks, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [
         "lm_eval", "--model", "gpt2_jax", "--model_args", f"workdir={run / 'run'}",
@@ -159,6 +163,7 @@ def test_without_the_extra_evaluate_says_what_to_install(run, monkeypatch, capsy
                                 'pip install -e ".[lmeval]"')
 
 
+@pytest.mark.slow
 def test_an_unknown_task_is_named_before_the_run_is_restored(tasks, tmp_path):
     with pytest.raises(SystemExit) as exit_:  # no run there: the task is checked first
         evaluate.main(["--workdir", str(tmp_path / "nothing"), "--lm_eval", "tiny_mc,tiny_nope",

@@ -1,3 +1,4 @@
+import functools
 import math
 
 import flax.linen as nn
@@ -23,15 +24,22 @@ def test_parameter_count_matches_llmc(config_file, expected):
     assert count_params(abstract_params(model)) == expected
 
 
+@functools.cache  # initialization compiles too: once per variant for the whole module
 def tiny_model(dtype="float32", **kw):
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, dtype=dtype, **kw)
     model = GPT(cfg)
     return model, init_params(model, jax.random.key(0))
 
 
+@functools.cache
+def _jitted_apply(model):
+    return jax.jit(model.apply, static_argnames="method")
+
+
 def apply(model, *args, **kwargs):
-    """model.apply under jit (eager op-by-op execution is slow on CPU)."""
-    return jax.jit(model.apply, static_argnames="method")(*args, **kwargs)
+    """model.apply under jit (eager op-by-op execution is slow on CPU), one jitted function per
+    model, so a test calling it again with the same shapes does not compile again."""
+    return _jitted_apply(model)(*args, **kwargs)
 
 
 def test_causal_changing_token_t_changes_no_earlier_logit():
@@ -128,6 +136,7 @@ def test_remat_and_unrolling_do_not_change_loss_or_gradients(variant):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g1, g2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan_unroll", [1, 2])
 def test_a_remat_policy_recomputes_even_when_the_layer_loop_is_unrolled(scan_unroll):
     """dots_with_no_batch_dims_saveable saves the weight matmuls and recomputes GELU (its tanh)

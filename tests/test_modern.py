@@ -34,6 +34,7 @@ ALL = [override for overrides in OPTIONS.values() for override in overrides]
     *(pytest.param(overrides, marks=pytest.mark.slow, id=name)
       for name, overrides in OPTIONS.items()),
     pytest.param(ALL, id="all")])  # every option at once stays in the fast subset
+@pytest.mark.slow
 def test_each_option_trains(tiny_config, overrides):
     c = tiny_config("--config.optim.lr=1e-2", "--config.optim.warmup_steps=2",
                     "--config.optim.final_lr_frac=1.0", "--config.train.max_steps=15", *overrides)

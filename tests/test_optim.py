@@ -50,6 +50,7 @@ def test_weight_decay_only_on_kernels_and_embeddings():
     assert float(new["h"]["ln_1"]["scale"][0, 0]) == 1.0
 
 
+@pytest.mark.slow
 def test_muon_orthogonalizes_each_matrix_and_adam_takes_the_rest(tiny_config):
     """The first Muon update of a block matrix is its gradient orthogonalized: every singular
     value near one (Newton-Schulz's quintic lands in about 0.5..1.5, not exactly on 1) however

@@ -21,6 +21,7 @@ from gpt2_jax.training.step import build_training
 from gpt2_jax.tokenizer import VOCAB_SIZE
 
 @pytest.mark.parametrize("key", KERNEL_KEYS)
+@pytest.mark.slow
 def test_the_model_trains_the_same_with_either_kernel(key):
     tokens = jax.random.randint(jax.random.key(4), (2, 17), 0, VOCAB_SIZE)
     results = []
@@ -59,6 +60,7 @@ def test_auto_picks_the_per_device_kernels_on_gpus_where_the_model_uses_them(
 
 @pytest.mark.parametrize("key, without_its_operation", [("gelu_kernel", {"mlp_act": "relu2"}),
                                                         ("norm_kernel", {"norm": "rmsnorm"})])
+@pytest.mark.slow
 def test_a_model_without_the_kernels_operation_ignores_it(key, without_its_operation):
     """A kernel key names the kernel for GELU or LayerNorm; a model without that operation,
     built directly with the key (config.validate refuses the pair), keeps its own."""
@@ -97,6 +99,7 @@ def train_three_steps(tiny_config, mesh_overrides: tuple, kernel_overrides: tupl
     return mesh
 
 
+@pytest.mark.slow
 def test_the_gelu_and_norm_kernels_train_the_same_per_device_on_a_mesh(tiny_config):
     """data x fsdp x tensor = 2 x 2 x 2: each device runs the kernels on its rows (and the GELU
     kernels on its half of the MLP width); the gradient partials are summed across devices."""
@@ -108,6 +111,7 @@ def test_the_gelu_and_norm_kernels_train_the_same_per_device_on_a_mesh(tiny_conf
         assert "shard_map" in str(jax.make_jaxpr(norm_kernel.add_layer_norm)(z, z, b, b, b))
 
 
+@pytest.mark.slow
 def test_every_kernel_trains_the_same_per_device_without_tensor_parallelism(tiny_config):
     """data x fsdp = 4 x 2: the loss kernel too runs on each device's rows of logits."""
     mesh = train_three_steps(tiny_config, ("--config.mesh.data=4", "--config.mesh.fsdp=2",

@@ -32,7 +32,7 @@ from gpt2_jax.errors import (CheckpointError, ConfigError, DiskFullError, EvalDa
 from gpt2_jax.evaluate import main as evaluate_main
 from gpt2_jax.training.loop import train
 from gpt2_jax.training.workdir import LOCK_FILE, WorkdirLock, open_workdir
-from helpers import TINY
+from helpers import TINY, process_env
 
 RUN = [*TINY, "--config.train.checkpoint_every=3", "--config.train.log_every=1",
        "--config.mesh.data=-1", "--config.train.total_batch_size=256"]
@@ -125,7 +125,7 @@ def test_a_lock_left_by_a_dead_trainer_is_taken_over_with_a_log_line(tmp_path):
 @pytest.mark.slow
 def test_a_second_trainer_on_a_workdir_held_by_a_live_one_is_refused(tmp_path):
     def start():
-        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        env = process_env()
         return subprocess.Popen(
             [sys.executable, "-m", "gpt2_jax.train", "--workdir", str(tmp_path / "run"), *TINY,
              "--config.train.max_steps=100000", "--config.train.log_every=1000"],

@@ -4,7 +4,6 @@ request sent alone), each kind of bad input, a client gone mid-stream, and SIGTE
 
 import concurrent.futures
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from gpt2_jax.training.checkpoint import save_params  # noqa: E402
 from gpt2_jax.config import load_config, model_config  # noqa: E402
 from gpt2_jax.model import GPT, init_params  # noqa: E402
 
-from helpers import TINY  # noqa: E402
+from helpers import TINY, process_env  # noqa: E402
 
 MAX_BATCH = 8
 CONTEXT = 64
@@ -43,7 +42,7 @@ def start_server(workdir, *extra):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = process_env()
     process = subprocess.Popen(
         [sys.executable, "-m", "gpt2_jax.serve", "--workdir", str(workdir), "--port", str(port),
          "--max_batch", str(MAX_BATCH), "--chunk_steps", "4", "--max_n", "4", "--model", "tiny",
@@ -76,6 +75,7 @@ def complete(url, **body):
     return response.json()
 
 
+@pytest.mark.slow
 def test_the_openai_client_completes_streams_and_stops(server):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", timeout=120)
     assert [m.id for m in client.models.list().data] == ["tiny"]
@@ -94,6 +94,7 @@ def test_the_openai_client_completes_streams_and_stops(server):
     assert stopped.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.slow
 def test_concurrent_requests_each_equal_the_same_request_alone(server):
     bodies = [{"prompt": prompt, "max_tokens": 10, "temperature": 1.0, "top_k": 40, "seed": seed}
               for prompt in ("The", "A long time ago in a galaxy") for seed in range(4)]

@@ -5,8 +5,8 @@ Tolerance: float32 throughout; collectives and accumulation change only summatio
 agree to rtol 1e-5 and params after 3 AdamW steps to atol 2e-6 (updates are ~1e-3 in size).
 """
 
+import functools
 import json
-import os
 import re
 import socket
 import subprocess
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from helpers import TINY, run_steps
+from helpers import TINY, process_env, run_steps
 from gpt2_jax.parallel import sharding
 from gpt2_jax.config import load_config, model_config
 from gpt2_jax.errors import ConfigError
@@ -51,6 +51,7 @@ def single_device():
 
 
 @pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)])
+@pytest.mark.slow
 def test_mesh_matches_single_device_and_shards_params_by_the_rules(mesh_shape, single_device):
     _, expected_params, expected_history = single_device
     state, params, history = train_on(mesh_shape)
@@ -85,6 +86,7 @@ def single_device_muon():
 @pytest.mark.parametrize("mesh_shape", [pytest.param((8, 1, 1), marks=pytest.mark.slow),
                                         pytest.param((1, 8, 1), marks=pytest.mark.slow),
                                         (2, 2, 2)])  # all three axes at once stays fast
+@pytest.mark.slow
 def test_muon_on_a_mesh_gives_the_single_device_update(mesh_shape, single_device_muon):
     """Newton-Schulz amplifies round-off a little more than AdamW: params agree to 1e-4 of
     their norm after 3 steps (updates are ~1e-2 of it)."""
@@ -105,6 +107,7 @@ def test_muon_on_a_mesh_gives_the_single_device_update(mesh_shape, single_device
     # 2 layers over data=2: each device holds whole layers; "embed" still splits over fsdp.
     ((2, 4, 1), P("data", "fsdp", "tensor"), (1, 32 // 4, 128)),
 ])
+@pytest.mark.slow
 def test_zero1_shards_only_the_optimizer_state(mesh_shape, mu_spec, mu_shard, single_device):
     _, expected_params, expected_history = single_device
     state, params, history = train_on(mesh_shape, zero1=True)
@@ -126,6 +129,7 @@ def single_device_fp8():
 
 
 @pytest.mark.parametrize("mesh_shape, zero1", [((2, 4, 1), True), ((1, 2, 4), False)])
+@pytest.mark.slow
 def test_fp8_on_a_mesh_trains_like_one_device(mesh_shape, zero1, single_device_fp8):
     """FP8's per-tensor amax is taken over the whole (sharded) tensor, so every device quantizes
     with the single-device scale. A different summation order can still round a value near an
@@ -141,6 +145,7 @@ def test_fp8_on_a_mesh_trains_like_one_device(mesh_shape, zero1, single_device_f
     assert np.linalg.norm(got - want) <= 5e-4 * np.linalg.norm(want)
 
 
+@functools.cache  # several tests read the same program
 def compiled_step_hlo(*flags) -> str:
     """The optimized HLO of the train step of SPMD + `flags` on 2 devices."""
     c = load_config(None, [*SPMD, *flags])
@@ -153,6 +158,7 @@ def compiled_step_hlo(*flags) -> str:
         return training.train_step.lower(training.abstract_state(), batch).compile().as_text()
 
 
+@pytest.mark.slow
 def test_embedding_gradients_scatter_local_tokens_into_the_whole_table():
     """ZeRO-1 and FSDP split the weights, not the batch's work: each device scatters its own
     tokens' embedding gradients into a whole (vocab, embed) table, as data parallelism does, and
@@ -168,6 +174,7 @@ def test_embedding_gradients_scatter_local_tokens_into_the_whole_table():
     assert scatters("--config.mesh.data=1", "--config.mesh.fsdp=2") == whole_tables
 
 
+@pytest.mark.slow
 def test_zero1_gathers_the_params_once_per_step_not_per_micro_step():
     """ZeRO-1 all-gathers each updated parameter once, after the optimizer. Left to propagation,
     the gradient accumulator took the moments' split as the micro-step loop's carry, and every
@@ -191,6 +198,7 @@ def loop_body_collectives(hlo: str) -> list[str]:
 
 
 @pytest.mark.parametrize("zero1", [False, True])
+@pytest.mark.slow
 def test_gradients_cross_the_data_axis_once_per_step_not_per_micro_step(zero1):
     """Over `data`, each device sums its own micro-steps' gradients, and the sums are reduced once
     after the loop (all-reduced, or with ZeRO-1 reduce-scattered by layers), as llm.c does: no
@@ -201,6 +209,7 @@ def test_gradients_cross_the_data_axis_once_per_step_not_per_micro_step(zero1):
     assert ("reduce-scatter" in reductions) == zero1 and reductions
 
 
+@pytest.mark.slow
 def test_micro_steps_accumulate_layer_gradients_without_concatenating_them():
     """The blocks' params are stacked on a "layers" axis, so their gradient is a concatenation
     of the layers' gradients. Accumulated into stacked sums, every micro-step ran that
@@ -243,7 +252,7 @@ def test_two_processes_train_like_one(tmp_path):
            "--config.data.num_threads=1", "--config.train.log_every=1"]
 
     def launch(workdir, devices, *extra):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        env = process_env(devices)
         return subprocess.Popen([sys.executable, "-m", "gpt2_jax.train", "--workdir", str(workdir),
                                  *run, *extra], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)

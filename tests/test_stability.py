@@ -76,6 +76,7 @@ def test_guard_accepts_a_lasting_level_shift_after_a_few_skips():
     assert 1 <= sum(skips[200:]) <= 10 and not any(skips[220:])
 
 
+@pytest.mark.slow
 def test_guard_off_applies_the_spike(tiny_config):
     c = tiny_config(*GUARDED[len(TINY):], "--config.stability.loss_zscore=0")
     ordinary, spike, _ = planted_spike_batches()

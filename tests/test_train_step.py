@@ -1,11 +1,14 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 from helpers import run_steps
 from gpt2_jax.parallel import sharding
 from gpt2_jax.training.optim import make_optimizer
 from gpt2_jax.tokenizer import VOCAB_SIZE
+
+pytestmark = pytest.mark.slow  # each test trains a model for several steps
 
 
 def one_device_mesh(c):
