@@ -147,6 +147,8 @@ class Checkpointer:
         with self._disk_full_as_error(self._writing or step):
             self.manager.check_for_errors()  # the previous, background save
         if needed > free:
+            with self._disk_full_as_error(self._writing or step):
+                self.manager.wait_until_finished()  # so the message names what the disk holds
             raise DiskFullError(self._disk_full_message(step, needed, free, written=False))
         self._writing = step
         with self._disk_full_as_error(step):
