@@ -286,6 +286,12 @@ def test_heldout_bundle_holds_predictable_last_words_and_shuffled_sentences(tmp_
                            *(c for i, c in enumerate(item["choices"]) if i != item["gold"])]
         assert len(set(item["choices"])) == 4 and real[-1] in ".!?\"'"
         assert all(sorted(c.split()) == sorted(real.split()) for c in shuffled)
+        assert all(c.split()[0] == real.split()[0] and c.split()[-1] == real.split()[-1]
+                   for c in shuffled)  # only the words between move
     assert len({item["gold"] for item in word_order.items}) > 1  # the answer's place varies
+    with pytest.raises(SystemExit, match="error: --items 0: must be at least 1"):
+        heldout_bundle.main(["--shards", str(tmp_path / "val_*.bin"), "--out", str(tmp_path / "c"),
+                             "--items", "0"])
+    assert not (tmp_path / "c").exists()
     prepared = core.prepare([last_word, word_order], 1024)
     assert all(len(r.tokens) > r.end - r.start >= 1 for r in prepared.rows)

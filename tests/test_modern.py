@@ -31,9 +31,8 @@ ALL = [override for overrides in OPTIONS.values() for override in overrides]
 
 
 @pytest.mark.parametrize("overrides", [
-    *(pytest.param(overrides, marks=pytest.mark.slow, id=name)
-      for name, overrides in OPTIONS.items()),
-    pytest.param(ALL, id="all")])  # every option at once stays in the fast subset
+    *(pytest.param(overrides, id=name) for name, overrides in OPTIONS.items()),
+    pytest.param(ALL, id="all")])
 @pytest.mark.slow
 def test_each_option_trains(tiny_config, overrides):
     c = tiny_config("--config.optim.lr=1e-2", "--config.optim.warmup_steps=2",

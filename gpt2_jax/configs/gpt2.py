@@ -80,5 +80,5 @@ def modern(size: str) -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 0
     c.optim.weight_decay = 0.0  # (AdamW only; Muon's groups use none)
     c.optim.grad_clip = 0.0
-    c.train.max_steps = 3200  # the record's steps (1.68B tokens at 524,288 per step)
+    c.train.max_steps = 3200  # the record's steps (at 124M: 1.68B tokens at 524,288 per step)
     return c

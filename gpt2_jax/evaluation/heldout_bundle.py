@@ -10,8 +10,9 @@ consecutive sentences (at least `--context_words` words). Two tasks, zero-shot:
   only if greedy decoding reproduces it. As in LAMBADA, a passage is kept only if its last word
   already occurred in it, so broad context can predict it.
 - `word_order` (multiple choice, baseline 25): after the passage's earlier sentences, pick its real
-  last sentence over three copies with the words shuffled. Grammar is learned early, so this task
-  rises within the first few thousand steps, where the last word stays near zero.
+  last sentence over three copies with the words between its first and last shuffled (so the
+  capital and the final punctuation mark none of them out). Word order is learned early, so this
+  task rises within the first few hundred steps, where the last word stays near zero.
 The output is a complete bundle (core.yaml, eval_meta_data.csv, eval_data/<label>.jsonl) for
 `evaluate --core --eval_bundle DIR` or `train.core_every` with `train.core_bundle=DIR`.
 """
@@ -78,8 +79,9 @@ def word_order_item(run: list[str], seed: int) -> dict | None:
         return None
     rng = random.Random(seed)
     choices = [last]
+    first, *inner, final = words  # kept in place: a capital and a full stop would give it away
     for _ in range(100 * SHUFFLED_CHOICES):  # a sentence of repeated words may have few orders
-        shuffled = " ".join(rng.sample(words, len(words)))
+        shuffled = " ".join([first, *rng.sample(inner, len(inner)), final])
         if shuffled not in choices:
             choices.append(shuffled)
         if len(choices) > SHUFFLED_CHOICES:
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=1000, help="items per task (the first N)")
     parser.add_argument("--context_words", type=int, default=60, help="least words per passage")
     args = parser.parse_args(argv)
+    if args.items < 1:
+        raise DataError(f"--items {args.items}: must be at least 1")
     runs = sentence_runs(shard_documents(find_shards(args.shards)), args.context_words)
     tasks = build(runs, args.items)
     empty = [label for label, items in tasks.items() if not items]
