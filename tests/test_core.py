@@ -293,5 +293,10 @@ def test_heldout_bundle_holds_predictable_last_words_and_shuffled_sentences(tmp_
         heldout_bundle.main(["--shards", str(tmp_path / "val_*.bin"), "--out", str(tmp_path / "c"),
                              "--items", "0"])
     assert not (tmp_path / "c").exists()
+    before = {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit, match=rf"error: --out {tmp_path / 'b'}: exists and is not an "):
+        heldout_bundle.main(["--shards", str(tmp_path / "val_*.bin"), "--out", str(tmp_path / "b"),
+                             "--items", "5", "--context_words", "40"])
+    assert {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()} == before
     prepared = core.prepare([last_word, word_order], 1024)
     assert all(len(r.tokens) > r.end - r.start >= 1 for r in prepared.rows)

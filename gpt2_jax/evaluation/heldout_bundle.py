@@ -11,8 +11,8 @@ consecutive sentences (at least `--context_words` words). Two tasks, zero-shot:
   already occurred in it, so broad context can predict it.
 - `word_order` (multiple choice, baseline 25): after the passage's earlier sentences, pick its real
   last sentence over three copies with the words between its first and last shuffled (so the
-  capital and the final punctuation mark none of them out). Word order is learned early, so this
-  task rises within the first few hundred steps, where the last word stays near zero.
+  capital and the final punctuation mark none of them out). It is meant to move early in a run,
+  while the last word is still out of reach.
 The output is a complete bundle (core.yaml, eval_meta_data.csv, eval_data/<label>.jsonl) for
 `evaluate --core --eval_bundle DIR` or `train.core_every` with `train.core_bundle=DIR`.
 """
@@ -54,11 +54,13 @@ def sentence_runs(documents: Iterable[str], context_words: int) -> Iterator[list
     """Runs of consecutive sentences, each run at least `context_words` words, not overlapping."""
     for document in documents:
         run: list[str] = []
+        words = 0
         for sentence in SENTENCE_END.split(" ".join(document.split())):
             run.append(sentence)
-            if sum(len(s.split()) for s in run) >= context_words:
+            words += len(sentence.split())
+            if words >= context_words:
                 yield run
-                run = []
+                run, words = [], 0
 
 
 def last_word_item(run: list[str]) -> dict | None:
@@ -71,8 +73,8 @@ def last_word_item(run: list[str]) -> dict | None:
 
 
 def word_order_item(run: list[str], seed: int) -> dict | None:
-    """{"query", "choices", "gold"}: the run's last sentence among shuffles of its words, after
-    the sentences before it."""
+    """{"query", "choices", "gold"}: the run's last sentence among copies with its inner words
+    shuffled, after the sentences before it."""
     *before, last = run
     words = last.split()
     if not before or not SENTENCE_WORDS[0] <= len(words) <= SENTENCE_WORDS[1]:
@@ -113,6 +115,9 @@ def build(runs: Iterable[list[str]], items: int) -> dict[str, list[dict]]:
 
 
 def write_bundle(out: Path, tasks: dict[str, list[dict]]) -> None:
+    """Into a new or empty directory: a bundle already there is never overwritten."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"--out {out}: exists and is not an empty directory; choose another")
     (out / "eval_data").mkdir(parents=True, exist_ok=True)
     entries = []
     for label, items in tasks.items():
