@@ -144,11 +144,12 @@ class Checkpointer:
         here or in `wait`, its partial files removed."""
         needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
         free = shutil.disk_usage(self.directory).free
+        # The previous, background save ends first (orbax's save would wait for it anyway), so
+        # its failure names its own step, and a refusal below names what the disk holds.
         with self._disk_full_as_error(self._writing or step):
-            self.manager.check_for_errors()  # the previous, background save
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
         if needed > free:
-            with self._disk_full_as_error(self._writing or step):
-                self.manager.wait_until_finished()  # so the message names what the disk holds
             raise DiskFullError(self._disk_full_message(step, needed, free, written=False))
         self._writing = step
         with self._disk_full_as_error(step):
