@@ -1,19 +1,25 @@
-"""Test setup: 8 fake CPU devices and a compilation cache shared by the session's processes (set
-before jax is imported), and the fixtures tests share. Helpers that tests import live in helpers.py.
+"""Test setup: 8 fake CPU devices (helpers.cpu_xla_flags) and a compilation cache shared by the
+session's processes (set before jax is imported), and the fixtures tests share. Helpers that
+tests import live in helpers.py.
 
 `pytest -m gpu` leaves the platform to jax, so the GPU tier runs on a GPU where there is one."""
 
+import collections
+import fcntl
+import json
 import os
+import shutil
+import subprocess
 import tempfile
 
 import pytest
 
-from helpers import FIXTURES, TINY, run_module
+from helpers import FIXTURES, TINY, cpu_xla_flags, run_module
 
 
 def pytest_configure(config):
-    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     if config.option.markexpr.strip() != "gpu":
+        os.environ.setdefault("XLA_FLAGS", cpu_xla_flags(8))
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     # Tests and the commands they start compile the same tiny programs again and again (every
     # build_training or jax.jit of a new closure is a new compile); XLA's persistent cache, keyed by
@@ -37,17 +43,41 @@ def tiny_config():
 def default_run(tmp_path_factory):
     """The README's default command (the Shakespeare config, default workdir), shortened, with
     validation every 2 steps, HellaSwag (on the fixture) at the end and a sample: the CLI,
-    evaluation, sampling and export tests share it. Returns (workdir, the finished process)."""
+    evaluation, sampling and export tests share it. Returns (workdir, the finished process).
+
+    It runs once per session: the first pytest-xdist worker to need it trains under a lock in the
+    workers' common directory, and each worker then works on its own copy (tests add to it)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "default_run"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "result.json").exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a worker's failed attempt
+            (shared / "cwd").mkdir(parents=True)
+            result = run_module(
+                "gpt2_jax.train", "--config.train.max_steps=4", "--config.train.log_every=1",
+                "--config.train.eval_every=2", "--config.train.sample_tokens=8",
+                "--config.train.hellaswag_every=4",
+                f"--config.train.hellaswag_file={FIXTURES / 'hellaswag_mini.jsonl'}",
+                cwd=shared / "cwd")
+            assert result.returncode == 0, result.stderr[-3000:]
+            (shared / "result.json").write_text(json.dumps(
+                {"args": result.args, "stdout": result.stdout, "stderr": result.stderr}))
     cwd = tmp_path_factory.mktemp("default")
-    result = run_module("gpt2_jax.train", "--config.train.max_steps=4", "--config.train.log_every=1",
-                        "--config.train.eval_every=2", "--config.train.sample_tokens=8",
-                        "--config.train.hellaswag_every=4",
-                        f"--config.train.hellaswag_file={FIXTURES / 'hellaswag_mini.jsonl'}",
-                        cwd=cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.copytree(shared / "cwd", cwd, dirs_exist_ok=True)
+    finished = json.loads((shared / "result.json").read_text())
+    result = subprocess.CompletedProcess(returncode=0, **finished)
     return cwd / "runs" / "shakespeare", result  # default workdir: runs/<config file stem>
 
 
 @pytest.fixture(scope="session")
 def trained_run(default_run):
     return default_run[0]
+
+
+def pytest_collection_modifyitems(items):
+    """Files with the most slow tests first: pytest-xdist hands each worker whole files in this
+    order, so the longest start early and the workers finish together."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    order = {path: rank for rank, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: (-slow[item.path], order[item.path]))

@@ -8,14 +8,16 @@ from pathlib import Path
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
-# A GPT-2 small enough to train in seconds on CPU; it keeps the real (padded) vocabulary.
+# A GPT-2 small enough to train in seconds on CPU; it keeps the real (padded) vocabulary. No
+# TensorBoard files: tensorboardX imports torch where it is installed, a second per command a test
+# starts (the tests of those files ask for them).
 TINY = [
     "--config.model.n_layer=2", "--config.model.n_head=2", "--config.model.n_embd=32",
     "--config.model.block_size=32", "--config.model.dtype=float32",
     "--config.train.seq_len=16", "--config.train.micro_batch_size=2",
     "--config.train.total_batch_size=32", "--config.train.max_steps=10",
     "--config.train.eval_every=0", "--config.train.sample_tokens=0",
-    "--config.mesh.data=1", "--config.data.source=synthetic",
+    "--config.mesh.data=1", "--config.data.source=synthetic", "--config.train.tensorboard=False",
 ]
 
 
@@ -38,9 +40,20 @@ def run_steps(c, mesh, tx, batches):
         return state, jax.device_get(state), history
 
 
+def cpu_xla_flags(devices: int) -> str:
+    """XLA_FLAGS for tests on CPU: `devices` fake devices, and LLVM at -O1 rather than -O2.
+
+    The suite is bound by compiling many small programs, most of it LLVM's, and -O1 compiles them
+    about twice as fast (-O0 compiles faster still, but its slower code made the suite slower).
+    Results can differ from -O2's in the last bits of a float (as any change
+    of compiler or machine can), so no test compares against figures made elsewhere bit for bit.
+    """
+    return f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=1"
+
+
 def process_env(devices=1):
     """The environment of a command a test starts: `devices` CPU devices."""
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return {**os.environ, "XLA_FLAGS": cpu_xla_flags(devices)}
 
 
 def run_module(module, *args, cwd):

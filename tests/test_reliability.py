@@ -625,15 +625,14 @@ def test_a_lock_file_removed_by_its_leaving_holder_is_not_a_lock(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_resume_false_moves_tensorboard_aside_with_the_checkpoints_and_metrics(six_step_run,
-                                                                              tmp_path):
-    workdir = six_step_copy(six_step_run, tmp_path)
-    assert (workdir / "tensorboard").is_dir()
-    train(load_config(None, [*RUN, "--config.train.max_steps=1", "--config.train.resume=False"]),
-          workdir)
+def test_resume_false_moves_tensorboard_aside_with_the_checkpoints_and_metrics(tmp_path):
+    with_tensorboard = [*RUN, "--config.train.max_steps=1", "--config.train.tensorboard=True"]
+    train(load_config(None, with_tensorboard), tmp_path)
+    assert (tmp_path / "tensorboard").is_dir()
+    train(load_config(None, [*with_tensorboard, "--config.train.resume=False"]), tmp_path)
     for name in ("checkpoints", "metrics.jsonl", "tensorboard"):
-        assert len(list(workdir.glob(f"{name}.before-*"))) == 1, name
-    events = list((workdir / "tensorboard").iterdir())
+        assert len(list(tmp_path.glob(f"{name}.before-*"))) == 1, name
+    events = list((tmp_path / "tensorboard").iterdir())
     assert len(events) == 1  # only the new run's curves
 
 

@@ -83,17 +83,20 @@ def single_device_muon():
     return train_on((1, 1, 1), extra=MUON)
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2)])
+# Meshes that split the matrices Newton-Schulz runs on (a data-only mesh replicates them, and its
+# gradient path is AdamW's above).
+@pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (2, 2, 2)])
 @pytest.mark.slow
 def test_muon_on_a_mesh_gives_the_single_device_update(mesh_shape, single_device_muon):
-    """Newton-Schulz amplifies round-off a little more than AdamW: params agree to 1e-4 of
-    their norm after 3 steps (updates are ~1e-2 of it)."""
+    """Newton-Schulz amplifies round-off more than AdamW: after 3 steps the params differ from
+    one device's by up to ~1e-4 of their norm, with XLA's CPU code at -O1 or -O2 alike (measured).
+    Tolerance 2e-4 of the norm; the updates are ~1e-2 of it, so a wrong split shows ~50x over."""
     _, expected_params, expected_history = single_device_muon
     state, params, history = train_on(mesh_shape, extra=MUON)
     for got, want in zip(history, expected_history):
         np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(expected_params)):
-        assert np.linalg.norm(got - want) <= 1e-4 * np.linalg.norm(want)
+        assert np.linalg.norm(got - want) <= 2e-4 * np.linalg.norm(want)
     kernel = state.params["h"]["mlp"]["c_fc"]["kernel"]
     muon_state = state.opt_state[1].inner_states["muon"].inner_state[0]
     assert muon_state.mu["h"]["mlp"]["c_fc"]["kernel"].sharding == kernel.sharding

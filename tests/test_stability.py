@@ -140,7 +140,7 @@ def read_events(directory):
 def test_tensorboard_events_hold_the_metrics(tmp_path):
     c = load_config(None, [*TINY, "--config.mesh.data=-1", "--config.train.total_batch_size=256",
                            "--config.train.max_steps=4", "--config.train.log_every=1",
-                           "--config.train.health_every=2"])
+                           "--config.train.health_every=2", "--config.train.tensorboard=True"])
     train(c, tmp_path)
     scalars = read_events(tmp_path / "tensorboard")
     losses = {step: value for tag, step, value in scalars if tag == "loss"}
