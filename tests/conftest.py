@@ -4,7 +4,6 @@ tests import live in helpers.py.
 
 `pytest -m gpu` leaves the platform to jax, so the GPU tier runs on a GPU where there is one."""
 
-import collections
 import fcntl
 import json
 import os
@@ -74,10 +73,3 @@ def default_run(tmp_path_factory):
 def trained_run(default_run):
     return default_run[0]
 
-
-def pytest_collection_modifyitems(items):
-    """Files with the most slow tests first: pytest-xdist hands each worker whole files in this
-    order, so the longest start early and the workers finish together."""
-    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
-    order = {path: rank for rank, path in enumerate(dict.fromkeys(item.path for item in items))}
-    items.sort(key=lambda item: (-slow[item.path], order[item.path]))

@@ -52,8 +52,11 @@ def cpu_xla_flags(devices: int) -> str:
 
 
 def process_env(devices=1):
-    """The environment of a command a test starts: `devices` CPU devices."""
-    return {**os.environ, "XLA_FLAGS": cpu_xla_flags(devices)}
+    """The environment of a command a test starts: `devices` CPU devices (on a GPU tier run,
+    only the device count; the GPU's code keeps XLA's own optimization level)."""
+    on_cpu = os.environ.get("JAX_PLATFORMS") == "cpu"
+    flags = cpu_xla_flags(devices) if on_cpu else f"--xla_force_host_platform_device_count={devices}"
+    return {**os.environ, "XLA_FLAGS": flags}
 
 
 def run_module(module, *args, cwd):

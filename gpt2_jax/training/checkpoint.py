@@ -142,13 +142,13 @@ class Checkpointer:
         before writing anything, a save the disk has no room for; a save that runs out of room
         anyway (the previous one, still in the background, or this one) raises DiskFullError
         here or in `wait`, its partial files removed."""
-        needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
-        free = shutil.disk_usage(self.directory).free
         # The previous, background save ends first (orbax's save would wait for it anyway), so
-        # its failure names its own step, and a refusal below names what the disk holds.
+        # its failure names its own step, and a refusal below names what the disk holds then.
         with self._disk_full_as_error(self._writing or step):
             self.manager.wait_until_finished()
             self.manager.check_for_errors()
+        needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+        free = shutil.disk_usage(self.directory).free
         if needed > free:
             raise DiskFullError(self._disk_full_message(step, needed, free, written=False))
         self._writing = step
