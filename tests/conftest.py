@@ -1,4 +1,4 @@
-"""Test setup: 8 fake CPU devices (helpers.cpu_xla_flags) and a compilation cache shared by the
+"""Test setup: 8 fake CPU devices (helpers.xla_flags) and a compilation cache shared by the
 session's processes (set before jax is imported), and the fixtures tests share. Helpers that
 tests import live in helpers.py.
 
@@ -13,12 +13,12 @@ import tempfile
 
 import pytest
 
-from helpers import FIXTURES, TINY, cpu_xla_flags, run_module
+from helpers import FIXTURES, TINY, run_module, xla_flags
 
 
 def pytest_configure(config):
     if config.option.markexpr.strip() != "gpu":
-        os.environ.setdefault("XLA_FLAGS", cpu_xla_flags(8))
+        os.environ.setdefault("XLA_FLAGS", xla_flags(8))
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     # Tests and the commands they start compile the same tiny programs again and again (every
     # build_training or jax.jit of a new closure is a new compile); XLA's persistent cache, keyed by
@@ -72,4 +72,3 @@ def default_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_run(default_run):
     return default_run[0]
-

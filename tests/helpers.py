@@ -40,23 +40,23 @@ def run_steps(c, mesh, tx, batches):
         return state, jax.device_get(state), history
 
 
-def cpu_xla_flags(devices: int) -> str:
-    """XLA_FLAGS for tests on CPU: `devices` fake devices, and LLVM at -O1 rather than -O2.
+def xla_flags(devices: int, cpu: bool = True) -> str:
+    """XLA_FLAGS for tests: `devices` fake CPU devices and, on CPU, LLVM at -O1 rather than -O2.
 
     The suite is bound by compiling many small programs, most of it LLVM's, and -O1 compiles them
     about twice as fast (-O0 compiles faster still, but its slower code made the suite slower).
-    Results can differ from -O2's in the last bits of a float (as any change
-    of compiler or machine can), so no test compares against figures made elsewhere bit for bit.
+    Results can differ from -O2's in the last bits of a float, as any change of compiler or
+    machine can, so no test compares against figures made elsewhere bit for bit. A GPU tier run
+    keeps XLA's own level for the GPU's code.
     """
-    return f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=1"
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    return f"{flags} --xla_backend_optimization_level=1" if cpu else flags
 
 
 def process_env(devices=1):
-    """The environment of a command a test starts: `devices` CPU devices (on a GPU tier run,
-    only the device count; the GPU's code keeps XLA's own optimization level)."""
-    on_cpu = os.environ.get("JAX_PLATFORMS") == "cpu"
-    flags = cpu_xla_flags(devices) if on_cpu else f"--xla_force_host_platform_device_count={devices}"
-    return {**os.environ, "XLA_FLAGS": flags}
+    """The environment of a command a test starts: `devices` CPU devices."""
+    cpu = os.environ.get("JAX_PLATFORMS") == "cpu"
+    return {**os.environ, "XLA_FLAGS": xla_flags(devices, cpu)}
 
 
 def run_module(module, *args, cwd):
