@@ -1,6 +1,7 @@
 """The GPU tier (`pytest -m gpu`, skipped without a GPU): what CPU tests cannot see. The Pallas
-kernels compiled by Triton (on CPU they run in Pallas' interpreter) against XLA's fusions, the FP8
-step's cuBLASLt FP8 GEMMs, and bf16 training against fp32 on the shipped text."""
+kernels compiled by Triton (on CPU they run in Pallas' interpreter) against XLA's fusions, in
+training and in the decode step, the FP8 step's cuBLASLt FP8 GEMMs, and bf16 training against
+fp32 on the shipped text."""
 
 import json
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from helpers import CONFIGS, run_module
 
+from gpt2_jax.inference import forward
 from gpt2_jax.model import GPT, GPTConfig, init_params, next_token_loss
 
 pytestmark = [pytest.mark.gpu,
@@ -70,3 +72,28 @@ def test_bf16_training_tracks_fp32_on_the_shipped_text(tmp_path):
                      f"--config.model.logits_dtype={logits}")
         assert got.shape == reference.shape == (12,)
         assert np.max(np.abs(got - reference) / reference) < 0.01, (logits, got, reference)
+
+
+def test_the_decode_kernels_compile_with_triton_and_decode_like_xla():
+    """The engine's decode step with its Pallas kernels against XLA's path, bf16, 124M's widths,
+    rows at different positions: logits within bf16 rounding, the same keys and values cached."""
+    cfg = GPTConfig(**{**WIDE, "block_size": 1024})
+    weights = forward.prepare_weights(init_params(GPT(cfg), jax.random.key(0)), cfg, "bfloat16")
+    cache = jax.tree.map(lambda a: jax.random.normal(jax.random.key(2), a.shape, a.dtype),
+                         forward.empty_cache(cfg, 4, "bfloat16"))
+    tokens, positions = np.array([1, 50256, 464, 3290]), np.array([0, 5, 300, 1023])
+    results = {}
+    for kernels in ((True, True), (False, False)):
+        used = dict(zip(("attention", "norm"), kernels))
+        decode = jax.jit(lambda w, c: forward.decode(w, c, tokens, positions, 1024, cfg,
+                                                     "bfloat16", used))
+        results[kernels] = decode(weights, cache)
+        assert ("__gpu$xla.gpu.triton" in decode.lower(weights, cache).compile().as_text()
+                ) == kernels[0]
+    (logits, kv), (xla_logits, xla_kv) = results.values()
+    logits, xla_logits = logits[:, :cfg.real_vocab_size], xla_logits[:, :cfg.real_vocab_size]
+    scale = float(np.abs(xla_logits).max())
+    assert float(np.abs(logits - xla_logits).max()) < 0.02 * scale
+    for a, b in zip(jax.tree.leaves(kv), jax.tree.leaves(xla_kv)):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                   atol=0.05)

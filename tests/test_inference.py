@@ -60,6 +60,17 @@ def test_greedy_decoding_equals_the_models_argmax_step_by_step(gpt2):
     assert request.finish_reason == "length" and request.text == tokenizer.decode(request.tokens)
 
 
+def test_the_decode_kernels_decode_as_the_models_argmax(gpt2):
+    """The GPU's path (attention kernel, fused residual add and LayerNorm), in Pallas'
+    interpreter: the same greedy tokens, with rows at different positions."""
+    model, params, _ = gpt2
+    engine = Engine(model.config, params, max_batch=2, chunk_steps=8,
+                    kernels={"attention": True, "norm": True})
+    for request, prompt in zip(engine.generate([PROMPTS[0], PROMPTS[2]], GREEDY),
+                               [PROMPTS[0], PROMPTS[2]]):
+        assert request.tokens == argmax_continuation(model, params, prompt, 12)
+
+
 @pytest.mark.slow
 def test_the_modern_recipe_decodes_as_its_forward_argmax():
     model, params = tiny_model(pos_emb="rope", qk_norm=True, norm="rmsnorm", mlp_act="relu2",

@@ -2,7 +2,8 @@
 
     python -m gpt2_jax.bench --decode --config configs/gpt2_124m.py [--config.KEY=VALUE ...]
         [--batch 1,8,64] [--prompt_tokens 16] [--new_tokens 256] [--top_k 200]
-        [--chunk_steps 32] [--hf_modes dynamic,static_eager,static] [--serve_clients 64]
+        [--chunk_steps 32] [--xla_only] [--hf_modes dynamic,static_eager,static]
+        [--serve_clients 64]
         [--profile DIR] [--record benchmarks/results.jsonl] [--run_id ID]
 
 Random-init weights (speed does not depend on their values). Each batch of `--batch` random
@@ -73,8 +74,9 @@ def _prompts(batch: int, prompt_tokens: int, seed: int = 0) -> list[list[int]]:
 
 
 def measure_engine(cfg: GPTConfig, params, batch: int, prompt_tokens: int, new_tokens: int,
-                   top_k: int, chunk_steps: int, profile_dir: str | None = None) -> dict:
-    engine = Engine(cfg, params, max_batch=batch, chunk_steps=chunk_steps)
+                   top_k: int, chunk_steps: int, profile_dir: str | None = None,
+                   kernels: dict[str, bool] | None = None) -> dict:
+    engine = Engine(cfg, params, max_batch=batch, chunk_steps=chunk_steps, kernels=kernels)
     settings = [SamplingParams(new_tokens, 1.0, top_k, seed=i, stop_at_eot=False)
                 for i in range(batch)]
     started = time.perf_counter()
@@ -101,7 +103,8 @@ def measure_engine(cfg: GPTConfig, params, batch: int, prompt_tokens: int, new_t
             pass
     return {"tokens_per_sec": batch * new_tokens / (done - started),
             "ms_per_step": 1000 * (done - first) / (chunks * chunk_steps),
-            "ttft_ms": 1000 * (first - started), "compile_s": compile_s, "dtype": engine.dtype}
+            "ttft_ms": 1000 * (first - started), "compile_s": compile_s, "dtype": engine.dtype,
+            "decode_kernels": sorted(k for k, used in engine.kernels.items() if used)}
 
 
 def measure_transformers(cfg: GPTConfig, batch: int, prompt_tokens: int, new_tokens: int,
@@ -209,6 +212,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--chunk_steps", type=int, default=32)
     parser.add_argument("--hf_modes", default="dynamic,static_eager,static",
                         help="transformers modes to run beside ('' = none)")
+    parser.add_argument("--xla_only", action="store_true",
+                        help="decode without the Pallas kernels (the engine's path off GPU)")
     parser.add_argument("--serve_clients", type=int, default=0,
                         help="also time the HTTP server with this many concurrent clients")
     parser.add_argument("--profile", help="trace two decode chunks of the largest batch here "
@@ -238,13 +243,15 @@ def main(argv: list[str]) -> None:
                                    *overrides, f"--batch {args.batch}",
                                    f"--prompt_tokens {args.prompt_tokens}",
                                    f"--new_tokens {args.new_tokens} --top_k {args.top_k}",
-                                   f"--chunk_steps {args.chunk_steps}"])}
+                                   f"--chunk_steps {args.chunk_steps}",
+                                   *(["--xla_only"] if args.xla_only else [])])}
     print(f"{n_params / 1e6:.0f}M params on {device.device_kind}; copy bandwidth "
           f"{bandwidth / 1e9:,.0f} GB/s", flush=True)
     for batch in batches:
         profile_dir = args.profile if batch == max(batches) else None
         r = measure_engine(cfg, params, batch, args.prompt_tokens, args.new_tokens, args.top_k,
-                           args.chunk_steps, profile_dir)
+                           args.chunk_steps, profile_dir,
+                           {"attention": False, "norm": False} if args.xla_only else None)
         itemsize = jnp.dtype(r.pop("dtype")).itemsize
         bound = decode_bound(cfg, n_params, batch, args.prompt_tokens, args.new_tokens,
                              itemsize, bandwidth)

@@ -50,6 +50,7 @@ FIELDS = {
     "clients": "serve: concurrent clients",
     "top_k": "decode: top-k of the sampling",
     "chunk_steps": "decode: decode steps per compiled loop call",
+    "decode_kernels": "decode: the engine's Pallas kernels in use ([] = XLA's kernels only)",
     "bandwidth_gb_per_s": "decode: device-to-device copy bandwidth measured in the same run",
     "fraction_of_bound": "decode: tokens_per_sec / bound_tokens_per_sec",
     "transformers": "decode: transformers version (its rows)",

@@ -10,13 +10,15 @@ are one compiled call here, so a prompt's keys and values never leave the device
 Each slot carries its own prompt length, position, sampling settings, seed and stop conditions;
 a slot stops on device at <|endoftext|> or after max_tokens, and the host stops it at a stop
 string. Weights are cast to the compute dtype once (bfloat16 on GPU), the cache is preallocated
-in it and donated to every call, and attention reads only a bucket of cache positions covering
-the live rows (multiples of `cache_bucket`).
+in it and donated to every call. On a GPU the attention kernel reads each row's filled cache
+positions only; elsewhere attention reads a bucket of positions covering the live rows
+(multiples of `cache_bucket`).
 
 Meshes: the engine runs on one device. Parameters on a mesh (data-parallel, FSDP or tensor-split,
-addressable by this process) are gathered onto its first device; tensor-parallel decoding is not
-implemented, and a model whose weights and cache do not fit one device is refused with an error
-saying so. Not thread-safe: one owner calls it (the server runs it on one thread).
+addressable by this process) are gathered onto its first device. Tensor-parallel decoding is not
+implemented: the largest model the trainer makes (1558M) is 3.1 GB in bfloat16, so one GPU holds
+it with the cache of many rows, and a model whose weights and cache do not fit one device is
+refused with an error saying so. Not thread-safe: one owner calls it (the server runs it on one thread).
 """
 
 from __future__ import annotations
@@ -121,9 +123,9 @@ def _prefill_insert(weights, cache, tokens_NxP, slots_N, rows_N, *, cfg, dtype, 
     return cache, first_N
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "dtype", "steps", "length", "cap"),
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype", "steps", "length", "cap", "kernels"),
                    donate_argnames=("cache",))
-def _generate(weights, cache, rows, *, cfg, dtype, steps, length, cap):
+def _generate(weights, cache, rows, *, cfg, dtype, steps, length, cap, kernels):
     """`steps` decode steps of every slot in one loop. A live slot feeds its last token at its
     position, draws the next and stops at <|endoftext|> (if asked) or when its budget is spent;
     the others stay as they are. Returns the cache, the slots' state after the loop and the
@@ -132,7 +134,7 @@ def _generate(weights, cache, rows, *, cfg, dtype, steps, length, cap):
     def step(i, carry):
         cache, rows, out_BxN = carry
         logits_BxV, cache = forward.decode(weights, cache, rows["token"], rows["pos"], length,
-                                           cfg, dtype)
+                                           cfg, dtype, dict(kernels))
         next_B = sampling.sample(logits_BxV, rows["seed"], rows["pos"] + 1, rows["temperature"],
                                  rows["top_k"], rows["top_p"], cap)
         live_B = rows["active"]
@@ -144,8 +146,10 @@ def _generate(weights, cache, rows, *, cfg, dtype, steps, length, cap):
         return cache, rows, out_BxN.at[:, i].set(jnp.where(live_B, next_B, -1))
 
     out_BxN = jnp.full((rows["token"].shape[0], steps), -1, jnp.int32)
-    return jax.lax.fori_loop(0, steps, step, (cache, rows, out_BxN))
+    return jax.lax.fori_loop(0, steps, step, (cache, rows, out_BxN), unroll=_UNROLL)
 
+
+_UNROLL = 1
 
 # The per-slot state the compiled calls read, and its dtypes.
 _ROW_FIELDS = {"token": np.int32, "pos": np.int32, "active": bool, "remaining": np.int32,
@@ -163,19 +167,26 @@ class Engine:
     until it returns False (or use `generate`)."""
 
     def __init__(self, cfg: GPTConfig, params: Any, *, max_batch: int = 8, chunk_steps: int = 32,
-                 cache_bucket: int = 128, device: jax.Device | None = None):
+                 cache_bucket: int = 128, device: jax.Device | None = None,
+                 kernels: dict[str, bool] | None = None):
         self.cfg, self.max_batch, self.chunk_steps = cfg, max_batch, chunk_steps
+        # The compiled calls' rows: at least two, since XLA computes a one-row matmul as a
+        # multiply and a reduction, which reads the weights at a fraction of a GEMM's speed. A
+        # row past max_batch is never admitted and stays inactive.
+        self.n_rows = max(max_batch, 2)
         self.device = device or jax.local_devices()[0]
         self.dtype = compute_dtype(cfg, self.device)
+        # The decode step's Pallas kernels (forward.uses_kernels picks them by default).
+        self.kernels = kernels or forward.uses_kernels(cfg, self.device)
         self._check_fits(params)
         self.weights = jax.jit(forward.prepare_weights, static_argnums=(1, 2))(
             jax.device_put(params, self.device), cfg, self.dtype)
-        self.cache = jax.device_put(forward.empty_cache(cfg, max_batch, self.dtype), self.device)
+        self.cache = jax.device_put(forward.empty_cache(cfg, self.n_rows, self.dtype), self.device)
         S = cfg.block_size
         self.prefill_lengths = _buckets(min(16, S), S, lambda n: 2 * n)
         self.cache_lengths = _buckets(min(cache_bucket, S), S, lambda n: n + cache_bucket)
         self.prefill_sizes = _buckets(1, max_batch, lambda n: 2 * n)
-        self.rows = {name: np.zeros(max_batch, dtype) for name, dtype in _ROW_FIELDS.items()}
+        self.rows = {name: np.zeros(self.n_rows, dtype) for name, dtype in _ROW_FIELDS.items()}
         self.slots: list[Request | None] = [None] * max_batch
         self.pending: deque[Request] = deque()
         self.finished: Counter[str] = Counter()  # requests ended, by finish_reason
@@ -185,10 +196,10 @@ class Engine:
         itemsize = jnp.dtype(self.dtype).itemsize
         weights = sum(math.prod(a.shape) for a in jax.tree.leaves(params)) * itemsize
         cfg = self.cfg
-        cache = 2 * cfg.n_layer * self.max_batch * cfg.block_size * cfg.n_embd * itemsize
+        cache = 2 * cfg.n_layer * self.n_rows * cfg.block_size * cfg.n_embd * itemsize
         if limit and weights + cache > limit:
             raise UserError(f"the model's weights ({weights / 2**30:.1f} GiB in {self.dtype}) and "
-                            f"a cache of {self.max_batch} rows ({cache / 2**30:.1f} GiB) do not "
+                            f"a cache of {self.n_rows} rows ({cache / 2**30:.1f} GiB) do not "
                             f"fit one {self.device.device_kind} ({limit / 2**30:.1f} GiB); "
                             "tensor-parallel decoding is not supported: use fewer rows "
                             "(--max_batch) or a device with more memory")
@@ -238,7 +249,7 @@ class Engine:
         self.pending.clear()
         for slot in range(self.max_batch):
             self._free(slot)
-        self.cache = jax.device_put(forward.empty_cache(self.cfg, self.max_batch, self.dtype),
+        self.cache = jax.device_put(forward.empty_cache(self.cfg, self.n_rows, self.dtype),
                                     self.device)
 
     def _dropped(self, request: Request) -> bool:
@@ -271,7 +282,7 @@ class Engine:
             new["length"][i], new["seed"][i] = len(request.prompt), p.seed
             new["temperature"][i], new["top_k"][i], new["top_p"][i] = (p.temperature, p.top_k,
                                                                        p.top_p)
-        slot_ids = np.full(n, self.max_batch, np.int32)  # out of range: padding rows write nothing
+        slot_ids = np.full(n, self.n_rows, np.int32)  # out of range: padding rows write nothing
         slot_ids[:len(group)] = slots
         cap = sampling.k_cap(new["temperature"], new["top_k"], new["top_p"], self.cfg.vocab_size)
         self.cache, first = _prefill_insert(self.weights, self.cache, tokens, slot_ids, new,
@@ -292,14 +303,17 @@ class Engine:
     # -- generate -------------------------------------------------------------------------------
     def _run_chunk(self) -> None:
         live = self.rows["active"]
-        length = _bucket(self.cache_lengths,
-                         min(int(self.rows["pos"][live].max()) + self.chunk_steps,
-                             self.cfg.block_size))
+        # The attention kernel reads each row's filled positions whatever `length` is: one
+        # compiled loop serves every length.
+        length = self.cfg.block_size if self.kernels["attention"] else _bucket(
+            self.cache_lengths,
+            min(int(self.rows["pos"][live].max()) + self.chunk_steps, self.cfg.block_size))
         cap = sampling.k_cap(self.rows["temperature"][live], self.rows["top_k"][live],
                              self.rows["top_p"][live], self.cfg.vocab_size)
         self.cache, rows, out = _generate(self.weights, self.cache, self.rows, cfg=self.cfg,
                                           dtype=self.dtype, steps=self.chunk_steps,
-                                          length=length, cap=cap)
+                                          length=length, cap=cap,
+                                          kernels=tuple(self.kernels.items()))
         rows, out = jax.device_get((rows, out))
         self.rows = {name: np.array(value) for name, value in rows.items()}
         for slot in np.flatnonzero(live):

@@ -5,9 +5,13 @@ writing a preallocated KV cache.
 one pytree per layer, so no step reads fp32 weights or slices the stack. `prefill` runs whole
 prompts (causal attention among their own positions) and returns their keys and values;
 `decode` advances every row of the batch by one token at its own position, writing that
-position's key and value into the cache in place and attending over the first `length` cache
-positions only (a bucket the host picks to cover every live row). The math is the model's own:
-`embed`, `normalize`, `rotary`, `rms_normalize` and `lm_head_logits` from model.py.
+position's key and value into the cache in place. On a GPU it runs two Pallas kernels per
+sublayer boundary instead of chains of small XLA kernels, since a decode step's time is their
+count: the attention kernel (cache write, scores, softmax and values in one, over each row's
+filled positions) and the residual add fused with the next LayerNorm. Elsewhere, attention reads
+the first `length` cache positions (a bucket the host picks to cover every live row). The math is
+the model's own: `embed`, `normalize`, `rotary`, `rms_normalize` and `lm_head_logits` from
+model.py.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import jax.numpy as jnp
 
 from gpt2_jax.model.gpt import GPTConfig, embed, normalize, rms_normalize, rotary
 from gpt2_jax.model.loss import lm_head_logits
+from gpt2_jax.ops import decode_attention, norm_kernel
 
 # Per layer, the cache's keys and values: two (B, S, H, K) arrays in the compute dtype.
 Cache = tuple[tuple[jax.Array, jax.Array], ...]
@@ -55,20 +60,24 @@ def _linear(x, proj, n_in=1):
     return jnp.tensordot(x, proj["kernel"], axes=n_in) + proj["bias"]
 
 
-def _mlp(h, mlp, cfg: GPTConfig):
+def _mlp_hidden(h, mlp, cfg: GPTConfig):
+    """The MLP up to its output projection."""
     h = _linear(h, mlp["c_fc"])
-    h = jnp.square(nn.relu(h)) if cfg.mlp_act == "relu2" else nn.gelu(h, approximate=True)
-    return _linear(h, mlp["c_proj"])
+    return jnp.square(nn.relu(h)) if cfg.mlp_act == "relu2" else nn.gelu(h, approximate=True)
 
 
 def _qkv(h_BxTxD, attn, positions_BxT, cfg: GPTConfig):
+    """(B, T, 3, H, K): the queries, keys and values, QK-normed and rotated where the model
+    does that (the GEMM's own output otherwise, which the attention kernel reads as is)."""
     qkv_BxTx3xHxK = _linear(h_BxTxD, attn["c_attn"])
+    if not cfg.qk_norm and cfg.pos_emb != "rope":
+        return qkv_BxTx3xHxK
     q, k, v = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
     if cfg.qk_norm:
         q, k = rms_normalize(q), rms_normalize(k)
     if cfg.pos_emb == "rope":  # rotary() takes one row's positions: map it over the rows
         q, k = (jax.vmap(lambda x, p: rotary(x[None], p)[0])(a, positions_BxT) for a in (q, k))
-    return q, k, v
+    return jnp.stack([q, k, v], axis=2)
 
 
 def _embed(weights, tokens_BxT, positions_BxT, cfg: GPTConfig, dtype):
@@ -78,8 +87,8 @@ def _embed(weights, tokens_BxT, positions_BxT, cfg: GPTConfig, dtype):
     return x
 
 
-def _logits(weights, x_NxD, cfg: GPTConfig, dtype):
-    h_NxD = _norm(x_NxD, weights["ln_f"], dtype)
+def _logits(weights, h_NxD, cfg: GPTConfig):
+    """Next-token logits from the final norm's output."""
     head = weights["wte"] if cfg.tie_embeddings else weights["lm_head"]
     return lm_head_logits(h_NxD, head, real_vocab_size=cfg.real_vocab_size,
                           softcap=cfg.logit_softcap)
@@ -94,31 +103,63 @@ def prefill(weights: dict, tokens_NxP: jax.Array, lengths_N: jax.Array, cfg: GPT
     x = _embed(weights, tokens_NxP, positions_NxP, cfg, dtype)
     kv = []
     for layer in weights["layers"]:
-        q, k, v = _qkv(_norm(x, layer["ln_1"], dtype), layer["attn"], positions_NxP, cfg)
+        qkv = _qkv(_norm(x, layer["ln_1"], dtype), layer["attn"], positions_NxP, cfg)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         kv.append((k, v))
         y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
         x = x + _linear(y, layer["attn"]["c_proj"], n_in=2)
-        x = x + _mlp(_norm(x, layer["ln_2"], dtype), layer["mlp"], cfg)
+        x = x + _linear(_mlp_hidden(_norm(x, layer["ln_2"], dtype), layer["mlp"], cfg),
+                        layer["mlp"]["c_proj"])
     last_NxD = jnp.take_along_axis(x, (lengths_N - 1)[:, None, None], axis=1)[:, 0]
-    return _logits(weights, last_NxD, cfg, dtype), kv
+    return _logits(weights, _norm(last_NxD, weights["ln_f"], dtype), cfg), kv
+
+
+def _add_norm(x, branch, bias, ln, dtype, kernel: bool):
+    """(x + branch + bias, its normalization by `ln`): with `kernel`, the Pallas kernel that does
+    both in one pass (LayerNorm only)."""
+    if kernel:
+        return norm_kernel.add_layer_norm(x, branch, bias, ln["scale"], ln["bias"])
+    x = x + (branch + bias).astype(x.dtype)
+    return x, _norm(x, ln, dtype)
+
+
+def uses_kernels(cfg: GPTConfig, device: jax.Device) -> dict[str, bool]:
+    """Which Pallas kernels `decode` runs for this model on this device: the attention kernel
+    and the fused residual add and LayerNorm, on GPUs, where the model's shapes allow."""
+    gpu = device.platform == "gpu"
+    return {"attention": gpu and decode_attention.supports(cfg.head_dim),
+            "norm": gpu and cfg.norm == "layernorm" and cfg.n_embd <= norm_kernel.MAX_WIDTH}
 
 
 def decode(weights: dict, cache: Cache, tokens_B: jax.Array, positions_B: jax.Array,
-           length: int, cfg: GPTConfig, dtype) -> tuple[jax.Array, Cache]:
+           length: int, cfg: GPTConfig, dtype, kernels: dict[str, bool] | None = None
+           ) -> tuple[jax.Array, Cache]:
     """One token per row: row b's token at positions_B[b] (its key and value written there),
-    attending over cache positions [0, positions_B[b]] within the first `length`. Returns the
-    next-token logits, (B, V) fp32, and the updated cache."""
+    attending over cache positions [0, positions_B[b]]. The XLA path reads the first `length`
+    positions of every row; the attention kernel reads each row's own. `kernels` (uses_kernels)
+    picks the Pallas kernels. Returns the next-token logits, (B, V) fp32, and the updated cache."""
+    kernels = kernels or {"attention": False, "norm": False}
     rows_B = jnp.arange(tokens_B.shape[0])
-    x = _embed(weights, tokens_B[:, None], positions_B[:, None], cfg, dtype)
+    x = _embed(weights, tokens_B[:, None], positions_B[:, None], cfg, dtype)[:, 0]
     visible_Bx1x1xS = (jnp.arange(length)[None, :] <= positions_B[:, None])[:, None, None, :]
+    layers = weights["layers"]
+    h = _norm(x, layers[0]["ln_1"], dtype)
     new_cache = []
-    for layer, (keys, values) in zip(weights["layers"], cache):
-        q, k, v = _qkv(_norm(x, layer["ln_1"], dtype), layer["attn"], positions_B[:, None], cfg)
-        keys = keys.at[rows_B, positions_B].set(k[:, 0])
-        values = values.at[rows_B, positions_B].set(v[:, 0])
+    for i, (layer, (keys, values)) in enumerate(zip(layers, cache)):
+        qkv = _qkv(h[:, None], layer["attn"], positions_B[:, None], cfg)[:, 0]
+        if kernels["attention"]:
+            y, keys, values = decode_attention.decode_attention(qkv, keys, values, positions_B)
+        else:
+            q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+            keys = keys.at[rows_B, positions_B].set(k)
+            values = values.at[rows_B, positions_B].set(v)
+            y = jax.nn.dot_product_attention(q[:, None], keys[:, :length], values[:, :length],
+                                             mask=visible_Bx1x1xS, implementation="xla")[:, 0]
         new_cache.append((keys, values))
-        y = jax.nn.dot_product_attention(q, keys[:, :length], values[:, :length],
-                                         mask=visible_Bx1x1xS, implementation="xla")
-        x = x + _linear(y, layer["attn"]["c_proj"], n_in=2)
-        x = x + _mlp(_norm(x, layer["ln_2"], dtype), layer["mlp"], cfg)
-    return _logits(weights, x[:, 0], cfg, dtype), tuple(new_cache)
+        proj, mlp = layer["attn"]["c_proj"], layer["mlp"]
+        x, h = _add_norm(x, jnp.tensordot(y, proj["kernel"], axes=2), proj["bias"],
+                         layer["ln_2"], dtype, kernels["norm"])
+        branch = jnp.tensordot(_mlp_hidden(h, mlp, cfg), mlp["c_proj"]["kernel"], axes=1)
+        next_ln = layers[i + 1]["ln_1"] if i + 1 < len(layers) else weights["ln_f"]
+        x, h = _add_norm(x, branch, mlp["c_proj"]["bias"], next_ln, dtype, kernels["norm"])
+    return _logits(weights, h, cfg), tuple(new_cache)
