@@ -89,3 +89,14 @@ def test_quality_rows_show_their_final_validation_loss(tmp_path):
     lines = results_table.quality_table(rows, GPU)
     assert "| gpt2_350m | model.fp8=True | 10 | 65,536,000 | 3.1234 |" in lines[2]
     assert "| gpt2_124m | - | 10 |  | 3.2500 |" in lines[3]
+
+
+def test_the_decode_table_leaves_out_rows_decoded_without_the_gpu_kernels():
+    def decode(tokens_per_sec, kernels):
+        return {**_row("d", "gpt2_124m", tokens_per_sec, mode="decode"), "engine": "gpt2_jax",
+                "batch": 1, "prompt_tokens": 16, "new_tokens": 256, "ms_per_step": 1.0,
+                "ttft_ms": 5.0, "decode_kernels": kernels}
+
+    table = "\n".join(results_table.decode_table(
+        [decode(1_200, ["attention", "norm"]), decode(1_100, [])], GPU))
+    assert "| 1,200 |" in table and "1,100" not in table

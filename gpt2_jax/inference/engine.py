@@ -146,10 +146,8 @@ def _generate(weights, cache, rows, *, cfg, dtype, steps, length, cap, kernels):
         return cache, rows, out_BxN.at[:, i].set(jnp.where(live_B, next_B, -1))
 
     out_BxN = jnp.full((rows["token"].shape[0], steps), -1, jnp.int32)
-    return jax.lax.fori_loop(0, steps, step, (cache, rows, out_BxN), unroll=_UNROLL)
+    return jax.lax.fori_loop(0, steps, step, (cache, rows, out_BxN))
 
-
-_UNROLL = 1
 
 # The per-slot state the compiled calls read, and its dtypes.
 _ROW_FIELDS = {"token": np.int32, "pos": np.int32, "active": bool, "remaining": np.int32,
