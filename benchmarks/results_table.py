@@ -136,12 +136,11 @@ def training_table(rows: list[dict], current: list[dict]) -> list[str]:
 
 def decode_table(rows: list[dict], gpu: str) -> list[str]:
     """The engine's newest decode rows, the fastest transformers mode of the same run beside.
-    Rows decoded without the GPU kernels (`--xla_only`, an A/B's baseline) are left to the dated
-    notes."""
+    Rows decoded with `--xla_only` (an A/B's baseline) are left to the dated notes."""
     newest = {}
     for r in rows:
         if (r["mode"] == "decode" and r["gpu"] == gpu and r["engine"] == "gpt2_jax"
-                and r.get("decode_kernels") != []):
+                and not r.get("xla_only")):
             newest[(r["config"], r["batch"], r["prompt_tokens"], r["new_tokens"])] = r
     if not newest:
         return []

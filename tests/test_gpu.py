@@ -78,9 +78,14 @@ def test_the_decode_kernels_compile_with_triton_and_decode_like_xla():
     """The engine's decode step with its Pallas kernels against XLA's path, bf16, 124M's widths,
     rows at different positions: logits within bf16 rounding, the same keys and values cached."""
     cfg = GPTConfig(**{**WIDE, "block_size": 1024})
-    weights = forward.prepare_weights(init_params(GPT(cfg), jax.random.key(0)), cfg, "bfloat16")
-    cache = jax.tree.map(lambda a: jax.random.normal(jax.random.key(2), a.shape, a.dtype),
-                         forward.empty_cache(cfg, 4, "bfloat16"))
+    # Noisy biases and gains, so that a bias or a norm applied twice shows; a cache whose every
+    # array differs, so that keys read as values (or one layer's as another's) show.
+    params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(a.size), a.shape),
+                          init_params(GPT(cfg), jax.random.key(0)))
+    weights = forward.prepare_weights(params, cfg, "bfloat16")
+    leaves, tree = jax.tree.flatten(forward.empty_cache(cfg, 4, "bfloat16"))
+    cache = jax.tree.unflatten(tree, [jax.random.normal(jax.random.key(i), a.shape, a.dtype)
+                                      for i, a in enumerate(leaves)])
     tokens, positions = np.array([1, 50256, 464, 3290]), np.array([0, 5, 300, 1023])
     results = {}
     for kernels in ((True, True), (False, False)):

@@ -11,6 +11,8 @@ from gpt2_jax import tokenizer
 from gpt2_jax.errors import RequestError
 from gpt2_jax.inference import Engine, SamplingParams, complete
 from gpt2_jax.inference import engine as engine_module
+from gpt2_jax.inference import forward
+from gpt2_jax.ops import decode_attention
 from gpt2_jax.model import GPT, GPTConfig, init_params
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, stop_at_eot=False)
@@ -21,8 +23,11 @@ def tiny_model(**options):
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, **options)
     model = GPT(cfg)
     params = init_params(model, jax.random.key(1))
-    if not cfg.tie_embeddings:  # zero-initialized: every logit would tie
-        params["lm_head"] = jax.random.normal(jax.random.key(2), params["lm_head"].shape) * 0.02
+    # Noise on every leaf: biases that are not zero and gains that are not one, so that a bias
+    # or a norm applied twice or not at all changes the tokens (LayerNorm at its init is
+    # idempotent), and an untied head that is not zero (every logit would tie).
+    params = jax.tree.map(
+        lambda a: a + 0.05 * jax.random.normal(jax.random.key(a.size), a.shape), params)
     return model, params
 
 
@@ -69,6 +74,61 @@ def test_the_decode_kernels_decode_as_the_models_argmax(gpt2):
     for request, prompt in zip(engine.generate([PROMPTS[0], PROMPTS[2]], GREEDY),
                                [PROMPTS[0], PROMPTS[2]]):
         assert request.tokens == argmax_continuation(model, params, prompt, 12)
+
+
+def test_the_attention_kernel_equals_the_formula_at_every_kind_of_position():
+    """Rows at the first position, either side of a load's boundary and at the cache's end:
+    the output of attention over [0, position] and the new key and value written there only."""
+    B, S, H, K = 5, 200, 2, 16
+    q_k_v, keys, values = (jax.random.normal(jax.random.key(i), shape) for i, shape in
+                           enumerate([(B, 3, H, K), (B, S, H, K), (B, S, H, K)]))
+    positions = jnp.array([0, 63, 64, 65, S - 1])
+    y, new_keys, new_values = jax.jit(decode_attention.decode_attention)(
+        q_k_v, keys, values, positions)
+    rows = jnp.arange(B)
+    want_keys = keys.at[rows, positions].set(q_k_v[:, 1])
+    want_values = values.at[rows, positions].set(q_k_v[:, 2])
+    visible = (jnp.arange(S) <= positions[:, None])[:, None, None, :]
+    want_y = jax.nn.dot_product_attention(q_k_v[:, None, 0], want_keys, want_values,
+                                          mask=visible)[:, 0]
+    np.testing.assert_allclose(y, want_y, atol=1e-5)
+    np.testing.assert_array_equal(new_keys, want_keys)
+    np.testing.assert_array_equal(new_values, want_values)
+
+
+@pytest.mark.parametrize("kernels", [False, True])
+def test_prefill_and_decode_logits_equal_the_models(gpt2, kernels):
+    """The logits themselves, not only their argmax: after a prompt (prefill) and after one
+    decoded token, against GPT.apply on the same tokens, fp32. With the kernels (Pallas'
+    interpreter), the decoding row is at a later position than the other row."""
+    model, params, _ = gpt2
+    cfg = model.config
+    weights = forward.prepare_weights(params, cfg, "float32")
+    prompts = [PROMPTS[2], PROMPTS[0] + [0] * 13]  # right-padded to one length
+    lengths = jnp.array([len(PROMPTS[2]), len(PROMPTS[0])])
+    logits, kv = forward.prefill(weights, jnp.array(prompts), lengths, cfg, "float32")
+    expected = full_forward_logits(model, params)
+    for row, prompt in enumerate([PROMPTS[2], PROMPTS[0]]):
+        np.testing.assert_allclose(logits[row], expected(prompt), rtol=1e-4, atol=1e-4)
+    cache = tuple((keys.at[:, :17].set(k), values.at[:, :17].set(v))
+                  for (keys, values), (k, v) in zip(forward.empty_cache(cfg, 2, "float32"), kv))
+    tokens = jnp.argmax(logits, axis=-1)
+    logits, _ = forward.decode(weights, cache, tokens, lengths, cfg.block_size, cfg, "float32",
+                               {"attention": kernels, "norm": kernels})
+    for row, prompt in enumerate([PROMPTS[2], PROMPTS[0]]):
+        np.testing.assert_allclose(logits[row], expected(prompt + [int(tokens[row])]),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_a_decode_kernel_the_model_cannot_use_is_refused_by_name():
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, norm="rmsnorm")
+    cpu = jax.devices("cpu")[0]
+    assert forward.choose_kernels(cfg, cpu) == {"attention": False, "norm": False}
+    assert forward.choose_kernels(cfg, cpu, {"attention": True})["attention"]
+    with pytest.raises(ValueError, match="'norm' cannot compute"):
+        forward.choose_kernels(cfg, cpu, {"norm": True})
+    with pytest.raises(ValueError, match="unknown decode kernel 'mlp'"):
+        forward.choose_kernels(cfg, cpu, {"mlp": True})
 
 
 @pytest.mark.slow

@@ -91,12 +91,12 @@ def test_quality_rows_show_their_final_validation_loss(tmp_path):
     assert "| gpt2_124m | - | 10 |  | 3.2500 |" in lines[3]
 
 
-def test_the_decode_table_leaves_out_rows_decoded_without_the_gpu_kernels():
-    def decode(tokens_per_sec, kernels):
+def test_the_decode_table_leaves_out_the_xla_only_baselines():
+    def decode(tokens_per_sec, xla_only):
         return {**_row("d", "gpt2_124m", tokens_per_sec, mode="decode"), "engine": "gpt2_jax",
                 "batch": 1, "prompt_tokens": 16, "new_tokens": 256, "ms_per_step": 1.0,
-                "ttft_ms": 5.0, "decode_kernels": kernels}
+                "ttft_ms": 5.0, "xla_only": xla_only}
 
-    table = "\n".join(results_table.decode_table(
-        [decode(1_200, ["attention", "norm"]), decode(1_100, [])], GPU))
+    table = "\n".join(results_table.decode_table([decode(1_200, False), decode(1_100, True)],
+                                                 GPU))
     assert "| 1,200 |" in table and "1,100" not in table

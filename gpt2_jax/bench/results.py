@@ -51,6 +51,7 @@ FIELDS = {
     "top_k": "decode: top-k of the sampling",
     "chunk_steps": "decode: decode steps per compiled loop call",
     "decode_kernels": "decode: the engine's Pallas kernels in use ([] = XLA's kernels only)",
+    "xla_only": "decode: run with --xla_only (the kernels turned off: an A/B's baseline)",
     "bandwidth_gb_per_s": "decode: device-to-device copy bandwidth measured in the same run",
     "fraction_of_bound": "decode: tokens_per_sec / bound_tokens_per_sec",
     "transformers": "decode: transformers version (its rows)",

@@ -16,9 +16,9 @@ positions only; elsewhere attention reads a bucket of positions covering the liv
 
 Meshes: the engine runs on one device. Parameters on a mesh (data-parallel, FSDP or tensor-split,
 addressable by this process) are gathered onto its first device. Tensor-parallel decoding is not
-implemented: the largest model the trainer makes (1558M) is 3.1 GB in bfloat16, so one GPU holds
-it with the cache of many rows, and a model whose weights and cache do not fit one device is
-refused with an error saying so. Not thread-safe: one owner calls it (the server runs it on one thread).
+implemented, since GPT-2's largest size fits one GPU with the cache of many rows in bfloat16; a
+model whose weights and cache do not fit one device is refused with an error saying so. Not
+thread-safe: one owner calls it (the server runs it on one thread).
 """
 
 from __future__ import annotations
@@ -168,23 +168,18 @@ class Engine:
                  cache_bucket: int = 128, device: jax.Device | None = None,
                  kernels: dict[str, bool] | None = None):
         self.cfg, self.max_batch, self.chunk_steps = cfg, max_batch, chunk_steps
-        # The compiled calls' rows: at least two, since XLA computes a one-row matmul as a
-        # multiply and a reduction, which reads the weights at a fraction of a GEMM's speed. A
-        # row past max_batch is never admitted and stays inactive.
-        self.n_rows = max(max_batch, 2)
         self.device = device or jax.local_devices()[0]
         self.dtype = compute_dtype(cfg, self.device)
-        # The decode step's Pallas kernels (forward.uses_kernels picks them by default).
-        self.kernels = kernels or forward.uses_kernels(cfg, self.device)
+        self.kernels = forward.choose_kernels(cfg, self.device, kernels)
         self._check_fits(params)
         self.weights = jax.jit(forward.prepare_weights, static_argnums=(1, 2))(
             jax.device_put(params, self.device), cfg, self.dtype)
-        self.cache = jax.device_put(forward.empty_cache(cfg, self.n_rows, self.dtype), self.device)
+        self.cache = jax.device_put(forward.empty_cache(cfg, max_batch, self.dtype), self.device)
         S = cfg.block_size
         self.prefill_lengths = _buckets(min(16, S), S, lambda n: 2 * n)
         self.cache_lengths = _buckets(min(cache_bucket, S), S, lambda n: n + cache_bucket)
         self.prefill_sizes = _buckets(1, max_batch, lambda n: 2 * n)
-        self.rows = {name: np.zeros(self.n_rows, dtype) for name, dtype in _ROW_FIELDS.items()}
+        self.rows = {name: np.zeros(max_batch, dtype) for name, dtype in _ROW_FIELDS.items()}
         self.slots: list[Request | None] = [None] * max_batch
         self.pending: deque[Request] = deque()
         self.finished: Counter[str] = Counter()  # requests ended, by finish_reason
@@ -194,10 +189,10 @@ class Engine:
         itemsize = jnp.dtype(self.dtype).itemsize
         weights = sum(math.prod(a.shape) for a in jax.tree.leaves(params)) * itemsize
         cfg = self.cfg
-        cache = 2 * cfg.n_layer * self.n_rows * cfg.block_size * cfg.n_embd * itemsize
+        cache = 2 * cfg.n_layer * self.max_batch * cfg.block_size * cfg.n_embd * itemsize
         if limit and weights + cache > limit:
             raise UserError(f"the model's weights ({weights / 2**30:.1f} GiB in {self.dtype}) and "
-                            f"a cache of {self.n_rows} rows ({cache / 2**30:.1f} GiB) do not "
+                            f"a cache of {self.max_batch} rows ({cache / 2**30:.1f} GiB) do not "
                             f"fit one {self.device.device_kind} ({limit / 2**30:.1f} GiB); "
                             "tensor-parallel decoding is not supported: use fewer rows "
                             "(--max_batch) or a device with more memory")
@@ -247,7 +242,7 @@ class Engine:
         self.pending.clear()
         for slot in range(self.max_batch):
             self._free(slot)
-        self.cache = jax.device_put(forward.empty_cache(self.cfg, self.n_rows, self.dtype),
+        self.cache = jax.device_put(forward.empty_cache(self.cfg, self.max_batch, self.dtype),
                                     self.device)
 
     def _dropped(self, request: Request) -> bool:
@@ -280,7 +275,7 @@ class Engine:
             new["length"][i], new["seed"][i] = len(request.prompt), p.seed
             new["temperature"][i], new["top_k"][i], new["top_p"][i] = (p.temperature, p.top_k,
                                                                        p.top_p)
-        slot_ids = np.full(n, self.n_rows, np.int32)  # out of range: padding rows write nothing
+        slot_ids = np.full(n, self.max_batch, np.int32)  # out of range: padding rows write nothing
         slot_ids[:len(group)] = slots
         cap = sampling.k_cap(new["temperature"], new["top_k"], new["top_p"], self.cfg.vocab_size)
         self.cache, first = _prefill_insert(self.weights, self.cache, tokens, slot_ids, new,

@@ -5,11 +5,12 @@ writing a preallocated KV cache.
 one pytree per layer, so no step reads fp32 weights or slices the stack. `prefill` runs whole
 prompts (causal attention among their own positions) and returns their keys and values;
 `decode` advances every row of the batch by one token at its own position, writing that
-position's key and value into the cache in place. On a GPU it runs two Pallas kernels per
-sublayer boundary instead of chains of small XLA kernels, since a decode step's time is their
-count: the attention kernel (cache write, scores, softmax and values in one, over each row's
-filled positions) and the residual add fused with the next LayerNorm. Elsewhere, attention reads
-the first `length` cache positions (a bucket the host picks to cover every live row). The math is
+position's key and value into the cache in place. On a GPU it runs Pallas kernels where XLA
+would run chains of small ones, since a decode step's time is mostly their count: per layer, one
+attention kernel (cache write, scores, softmax and values over each row's filled positions), and
+at each of the layer's two residual adds one kernel that also applies the next LayerNorm.
+Elsewhere, attention reads the first `length` cache positions (a bucket the host picks to cover
+every live row). The math is
 the model's own: `embed`, `normalize`, `rotary`, `rms_normalize` and `lm_head_logits` from
 model.py.
 """
@@ -67,17 +68,13 @@ def _mlp_hidden(h, mlp, cfg: GPTConfig):
 
 
 def _qkv(h_BxTxD, attn, positions_BxT, cfg: GPTConfig):
-    """(B, T, 3, H, K): the queries, keys and values, QK-normed and rotated where the model
-    does that (the GEMM's own output otherwise, which the attention kernel reads as is)."""
     qkv_BxTx3xHxK = _linear(h_BxTxD, attn["c_attn"])
-    if not cfg.qk_norm and cfg.pos_emb != "rope":
-        return qkv_BxTx3xHxK
     q, k, v = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
     if cfg.qk_norm:
         q, k = rms_normalize(q), rms_normalize(k)
     if cfg.pos_emb == "rope":  # rotary() takes one row's positions: map it over the rows
         q, k = (jax.vmap(lambda x, p: rotary(x[None], p)[0])(a, positions_BxT) for a in (q, k))
-    return jnp.stack([q, k, v], axis=2)
+    return q, k, v
 
 
 def _embed(weights, tokens_BxT, positions_BxT, cfg: GPTConfig, dtype):
@@ -103,8 +100,7 @@ def prefill(weights: dict, tokens_NxP: jax.Array, lengths_N: jax.Array, cfg: GPT
     x = _embed(weights, tokens_NxP, positions_NxP, cfg, dtype)
     kv = []
     for layer in weights["layers"]:
-        qkv = _qkv(_norm(x, layer["ln_1"], dtype), layer["attn"], positions_NxP, cfg)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = _qkv(_norm(x, layer["ln_1"], dtype), layer["attn"], positions_NxP, cfg)
         kv.append((k, v))
         y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
         x = x + _linear(y, layer["attn"]["c_proj"], n_in=2)
@@ -123,12 +119,24 @@ def _add_norm(x, branch, bias, ln, dtype, kernel: bool):
     return x, _norm(x, ln, dtype)
 
 
-def uses_kernels(cfg: GPTConfig, device: jax.Device) -> dict[str, bool]:
-    """Which Pallas kernels `decode` runs for this model on this device: the attention kernel
-    and the fused residual add and LayerNorm, on GPUs, where the model's shapes allow."""
-    gpu = device.platform == "gpu"
-    return {"attention": gpu and decode_attention.supports(cfg.head_dim),
-            "norm": gpu and cfg.norm == "layernorm" and cfg.n_embd <= norm_kernel.MAX_WIDTH}
+def choose_kernels(cfg: GPTConfig, device: jax.Device,
+                   requested: dict[str, bool] | None = None) -> dict[str, bool]:
+    """Which Pallas kernels `decode` runs: the attention kernel (heads of a power-of-two size)
+    and the fused residual add and LayerNorm (LayerNorm rows up to the norm kernel's width), by
+    default on GPUs where the model allows them. `requested` overrides by name (tests force them
+    on in Pallas' interpreter; the benchmark's --xla_only turns them off); ValueError for a
+    name it does not know or a kernel that cannot compute this model."""
+    allowed = {"attention": decode_attention.supports(cfg.head_dim),
+               "norm": cfg.norm == "layernorm" and cfg.n_embd <= norm_kernel.MAX_WIDTH}
+    chosen = {name: ok and device.platform == "gpu" for name, ok in allowed.items()}
+    for name, on in (requested or {}).items():
+        if name not in allowed:
+            raise ValueError(f"unknown decode kernel {name!r} (one of {sorted(allowed)})")
+        if on and not allowed[name]:
+            raise ValueError(f"the decode kernel {name!r} cannot compute this model "
+                             f"(head_dim {cfg.head_dim}, norm {cfg.norm}, n_embd {cfg.n_embd})")
+        chosen[name] = on
+    return chosen
 
 
 def decode(weights: dict, cache: Cache, tokens_B: jax.Array, positions_B: jax.Array,
@@ -136,21 +144,21 @@ def decode(weights: dict, cache: Cache, tokens_B: jax.Array, positions_B: jax.Ar
            ) -> tuple[jax.Array, Cache]:
     """One token per row: row b's token at positions_B[b] (its key and value written there),
     attending over cache positions [0, positions_B[b]]. The XLA path reads the first `length`
-    positions of every row; the attention kernel reads each row's own. `kernels` (uses_kernels)
-    picks the Pallas kernels. Returns the next-token logits, (B, V) fp32, and the updated cache."""
+    positions of every row; the attention kernel reads each row's own. `kernels`
+    (choose_kernels) picks the Pallas kernels. Returns the next-token logits, (B, V) fp32, and the updated cache."""
     kernels = kernels or {"attention": False, "norm": False}
     rows_B = jnp.arange(tokens_B.shape[0])
     x = _embed(weights, tokens_B[:, None], positions_B[:, None], cfg, dtype)[:, 0]
-    visible_Bx1x1xS = (jnp.arange(length)[None, :] <= positions_B[:, None])[:, None, None, :]
     layers = weights["layers"]
     h = _norm(x, layers[0]["ln_1"], dtype)
     new_cache = []
     for i, (layer, (keys, values)) in enumerate(zip(layers, cache)):
-        qkv = _qkv(h[:, None], layer["attn"], positions_B[:, None], cfg)[:, 0]
+        q, k, v = (a[:, 0] for a in _qkv(h[:, None], layer["attn"], positions_B[:, None], cfg))
         if kernels["attention"]:
-            y, keys, values = decode_attention.decode_attention(qkv, keys, values, positions_B)
+            y, keys, values = decode_attention.decode_attention(
+                jnp.stack([q, k, v], axis=1), keys, values, positions_B)
         else:
-            q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+            visible_Bx1x1xS = (jnp.arange(length) <= positions_B[:, None])[:, None, None, :]
             keys = keys.at[rows_B, positions_B].set(k)
             values = values.at[rows_B, positions_B].set(v)
             y = jax.nn.dot_product_attention(q[:, None], keys[:, :length], values[:, :length],
