@@ -256,7 +256,8 @@ def main(argv: list[str]) -> None:
         bound = decode_bound(cfg, n_params, batch, args.prompt_tokens, args.new_tokens,
                              itemsize, bandwidth)
         _emit({**common, "mode": "decode", "engine": "gpt2_jax", "batch": batch,
-               "chunk_steps": args.chunk_steps, "xla_only": args.xla_only, **r, "bound_tokens_per_sec": bound,
+               "chunk_steps": args.chunk_steps, "xla_only": args.xla_only, **r,
+               "bound_tokens_per_sec": bound,
                "bandwidth_gb_per_s": bandwidth / 1e9,
                "fraction_of_bound": r["tokens_per_sec"] / bound}, args.record)
         if profile_dir:

@@ -10,9 +10,8 @@ would run chains of small ones, since a decode step's time is mostly their count
 attention kernel (cache write, scores, softmax and values over each row's filled positions), and
 at each of the layer's two residual adds one kernel that also applies the next LayerNorm.
 Elsewhere, attention reads the first `length` cache positions (a bucket the host picks to cover
-every live row). The math is
-the model's own: `embed`, `normalize`, `rotary`, `rms_normalize` and `lm_head_logits` from
-model.py.
+every live row). The math is the model's own: `embed`, `normalize`, `rotary`, `rms_normalize`
+and `lm_head_logits` from model.py.
 """
 
 from __future__ import annotations
@@ -145,9 +144,9 @@ def decode(weights: dict, cache: Cache, tokens_B: jax.Array, positions_B: jax.Ar
     """One token per row: row b's token at positions_B[b] (its key and value written there),
     attending over cache positions [0, positions_B[b]]. The XLA path reads the first `length`
     positions of every row; the attention kernel reads each row's own. `kernels`
-    (choose_kernels) picks the Pallas kernels. Returns the next-token logits, (B, V) fp32, and the updated cache."""
+    (choose_kernels) picks the Pallas kernels. Returns the next-token logits, (B, V) fp32, and
+    the updated cache."""
     kernels = kernels or {"attention": False, "norm": False}
-    rows_B = jnp.arange(tokens_B.shape[0])
     x = _embed(weights, tokens_B[:, None], positions_B[:, None], cfg, dtype)[:, 0]
     layers = weights["layers"]
     h = _norm(x, layers[0]["ln_1"], dtype)
@@ -158,6 +157,7 @@ def decode(weights: dict, cache: Cache, tokens_B: jax.Array, positions_B: jax.Ar
             y, keys, values = decode_attention.decode_attention(
                 jnp.stack([q, k, v], axis=1), keys, values, positions_B)
         else:
+            rows_B = jnp.arange(tokens_B.shape[0])
             visible_Bx1x1xS = (jnp.arange(length) <= positions_B[:, None])[:, None, None, :]
             keys = keys.at[rows_B, positions_B].set(k)
             values = values.at[rows_B, positions_B].set(v)

@@ -61,7 +61,7 @@ def decode_attention(qkv_Bx3xHxK: jax.Array, keys_BxSxHxK: jax.Array, values_BxS
                      positions_B: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Row b's query attends over cache positions [0, positions_B[b]], its own key and value
     (qkv[b, 1], qkv[b, 2]) written at positions_B[b] first. Returns the output (B, H, K) in
-    qkv's dtype and the updated cache (in place when the caller donates it)."""
+    the cache's dtype and the updated cache (in place when the caller donates it)."""
     B, _, H, K = qkv_Bx3xHxK.shape
     return pl.pallas_call(
         _kernel, grid=(B, H), name="decode_attention", interpret=pallas.interpret(),
